@@ -1,0 +1,182 @@
+"""Inference state: one slot per attention block, plus the position bookkeeping they share.
+
+Three storage strategies behind one slot interface (`update(k, v) -> what to attend over`):
+  - static:  preallocated to `max_len` slots; with `full_view` every step attends over the whole
+             buffer with empty slots masked, so shapes never change (what CUDA graphs need);
+  - dynamic: grows by doubling, attends over the filled prefix;
+  - window:  for sliding-window models, a ring of the last `window - 1` keys (memory O(window)).
+
+All rows of a batch share the slot index; rows differ only in their positions (left padding),
+which the cache tracks per slot as `key_pos` (-1 = padding or empty). Positions live here and
+advance once per forward in `commit`, never inside a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+
+CACHE_KINDS = ("dynamic", "static")
+
+
+class CacheFullError(RuntimeError):
+    """A static cache was asked to hold more tokens than it was built for."""
+
+
+@dataclass
+class CacheStep:
+    """The plan for one forward of T new tokens over a cache.
+
+    q_pos (B, T): positions of the new tokens, -1 for padding.
+    k_pos (B, S): positions of every key the layers will attend over, -1 for padding or empty.
+    trivial: every query may see every key up to itself with no padding and no window cut, so
+        the attention mask can be dropped (T == 1) or replaced by is_causal (T == S).
+    """
+
+    q_pos: torch.Tensor
+    k_pos: torch.Tensor
+    trivial: bool
+    n_new: int
+
+
+class KVSlot:
+    """K/V storage of one attention layer; `cache` holds the shared cursor (length, step)."""
+
+    def __init__(self, cache: "Cache", capacity: int):
+        self.cache = cache
+        shape = (cache.batch_size, cache.n_kv_heads, capacity, cache.head_dim)
+        self.k = torch.zeros(shape, dtype=cache.dtype, device=cache.device)
+        self.v = torch.zeros(shape, dtype=cache.dtype, device=cache.device)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (B, H_kv, T, D); return the keys and values to attend over (B, H_kv, S, D)."""
+        start, t = self.cache.length, k.shape[2]
+        if self.cache.window_ring:
+            return self._update_ring(k, v, start)
+        if start + t > self.k.shape[2]:
+            self._grow(start + t)
+        self.k[:, :, start:start + t] = k
+        self.v[:, :, start:start + t] = v
+        end = self.k.shape[2] if self.cache.full_view else start + t
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def _update_ring(self, k, v, start):
+        capacity = self.k.shape[2]
+        k_all, v_all = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        if capacity:
+            keep = min(k.shape[2], capacity)
+            idx = self.cache.ring_index(start, k.shape[2])
+            self.k.index_copy_(2, idx, k[:, :, -keep:])
+            self.v.index_copy_(2, idx, v[:, :, -keep:])
+        return k_all, v_all
+
+    def _grow(self, needed: int) -> None:
+        if self.cache.kind == "static":
+            raise CacheFullError(f"static cache holds {self.k.shape[2]} tokens; {needed} needed")
+        capacity = max(needed, 2 * self.k.shape[2])
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_zeros(old.shape[:2] + (capacity,) + old.shape[3:])
+            new[:, :, : old.shape[2]] = old
+            setattr(self, name, new)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.k, self.v = self.k.index_select(0, rows), self.v.index_select(0, rows)
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+class Cache:
+    """Per-block inference state for a decoder. `slots[i]` is None for blocks without state."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, *, kind: str = "dynamic",
+                 max_len: int | None = None, window_only: bool = True, full_view: bool = False,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        if kind not in CACHE_KINDS:
+            raise ValueError(f"cache kind must be one of {CACHE_KINDS}, not {kind!r}")
+        if kind == "static" and max_len is None:
+            raise ValueError("a static cache needs max_len")
+        self.kind, self.batch_size, self.full_view = kind, batch_size, full_view and kind == "static"
+        self.n_kv_heads, self.head_dim = cfg.n_kv_heads, cfg.head_dim
+        self.dtype, self.device = dtype, torch.device(device)
+        self.window = cfg.sliding_window
+        # a ring of window - 1 keys: with the new token that is exactly the W keys it may see
+        self.window_ring = bool(window_only and self.window and not self.full_view)
+        if self.window_ring:
+            capacity = self.window - 1
+        else:
+            capacity = max_len if kind == "static" else min(max_len or 256, 256)
+        self.length = 0  # slots written so far (padding included)
+        self.has_padding = False
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.key_pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=self.device)
+        self.slots = [KVSlot(self, capacity) if b == "attention" else None for b in cfg.blocks]
+
+    # -- bookkeeping shared by all slots ------------------------------------------------------
+    def ring_index(self, start: int, t: int) -> torch.Tensor:
+        capacity = self.key_pos.shape[1]
+        keep = min(t, capacity)
+        return (torch.arange(start + t - keep, start + t, device=self.device)) % capacity
+
+    def plan(self, n_new: int, attention_mask: torch.Tensor | None = None) -> CacheStep:
+        """Positions and visible keys for a forward of n_new tokens (attention_mask (B, T): 1 = real)."""
+        if attention_mask is not None:
+            valid = attention_mask.to(device=self.device, dtype=torch.bool)
+            q_pos = self.next_pos[:, None] + valid.long().cumsum(-1) - 1
+            q_pos = q_pos.masked_fill(~valid, -1)
+            self.has_padding |= not bool(valid.all())
+        else:
+            q_pos = self.next_pos[:, None] + torch.arange(n_new, device=self.device)
+        start = self.length
+        if self.window_ring:
+            k_pos = torch.cat((self.key_pos, q_pos), dim=1)
+            ring_full = start >= self.key_pos.shape[1]
+            trivial = not self.has_padding and ring_full and n_new == 1
+        else:
+            if start + n_new > self.key_pos.shape[1]:
+                self._grow_positions(start + n_new)
+            self.key_pos[:, start:start + n_new] = q_pos
+            end = self.key_pos.shape[1] if self.full_view else start + n_new
+            k_pos = self.key_pos[:, :end]
+            fits_window = self.window is None or start + n_new <= self.window
+            trivial = not self.has_padding and not self.full_view and fits_window and (n_new == 1 or start == 0)
+        return CacheStep(q_pos=q_pos, k_pos=k_pos, trivial=trivial, n_new=n_new)
+
+    def _grow_positions(self, needed: int) -> None:
+        if self.kind == "static":
+            raise CacheFullError(f"static cache holds {self.key_pos.shape[1]} tokens; {needed} needed")
+        capacity = max(needed, 2 * self.key_pos.shape[1])
+        grown = self.key_pos.new_full((self.batch_size, capacity), -1)
+        grown[:, : self.key_pos.shape[1]] = self.key_pos
+        self.key_pos = grown
+
+    def commit(self, step: CacheStep) -> None:
+        """Advance past the step's tokens; called once per forward after every layer ran."""
+        if self.window_ring and self.key_pos.shape[1]:
+            keep = min(step.n_new, self.key_pos.shape[1])
+            idx = self.ring_index(self.length, step.n_new)
+            self.key_pos.index_copy_(1, idx, step.q_pos[:, -keep:])
+        self.length += step.n_new
+        # a row whose tokens were all padding in this step keeps its position
+        self.next_pos = torch.maximum(self.next_pos, step.q_pos.max(dim=1).values + 1)
+
+    # -- whole-cache operations ---------------------------------------------------------------
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep batch rows `rows` (B',) in that order (beam search)."""
+        for slot in self.slots:
+            if slot is not None:
+                slot.reorder(rows)
+        self.next_pos = self.next_pos.index_select(0, rows)
+        self.key_pos = self.key_pos.index_select(0, rows)
+        self.batch_size = rows.numel()
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors (allocated capacity, not just the filled part)."""
+        return sum(s.nbytes() for s in self.slots if s is not None)
+
+    def __len__(self) -> int:
+        return self.length

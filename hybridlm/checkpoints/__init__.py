@@ -1,0 +1,1 @@
+"""Model formats in and out: HF safetensors directories, GGUF files, and the registry of names."""

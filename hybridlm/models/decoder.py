@@ -1,0 +1,128 @@
+"""The decoder-only language model: every family hybridlm builds, chosen by `ModelConfig` alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cache import Cache, CacheStep
+from ..config import ConfigError, ModelConfig
+from ..nn.attention import AttentionInputs, Attention, alibi_bias, allowed_keys
+from ..nn.mlp import MLP
+from ..nn.norms import make_norm
+from ..nn.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_embedding
+
+
+class Block(nn.Module):
+    """One residual block: pre-norm x + f(norm(x)) or post-norm norm(x + f(x))."""
+
+    def __init__(self, kind: str, cfg: ModelConfig):
+        super().__init__()
+        self.kind = kind
+        if kind == "attention":
+            self.mixer = Attention(cfg)
+        elif kind == "mlp":
+            self.mixer = MLP(cfg)
+        else:
+            raise ConfigError(f"block kind {kind!r} is not available in this build of hybridlm")
+        self.norm = make_norm(cfg)
+        self.post_norm = cfg.norm_position == "post"
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, slot) -> torch.Tensor:
+        h = x if self.post_norm else self.norm(x)
+        h = self.mixer(h, inputs, slot) if self.kind == "attention" else self.mixer(h)
+        x = x + self.dropout(h)
+        return self.norm(x) if self.post_norm else x
+
+
+def positions_without_cache(cfg: ModelConfig, batch: int, n_tokens: int,
+                            attention_mask: torch.Tensor | None, device) -> CacheStep:
+    """The CacheStep of a cache-free forward: keys are the tokens themselves."""
+    if attention_mask is None:
+        pos = torch.arange(n_tokens, device=device).expand(batch, n_tokens)
+        trivial = True
+    else:
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        pos = (valid.long().cumsum(-1) - 1).masked_fill(~valid, -1)
+        trivial = bool(valid.all())
+    trivial &= cfg.sliding_window is None or n_tokens <= cfg.sliding_window
+    return CacheStep(q_pos=pos, k_pos=pos, trivial=trivial, n_new=n_tokens)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases; norms keep their ones."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class Decoder(nn.Module):
+    """Token embedding -> blocks from the layer pattern -> final norm -> LM head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(kind, cfg) for kind in cfg.blocks)
+        self.final_norm = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(_init_weights)
+        # derived from the config, so not saved with the weights
+        self.register_buffer("rope_inv_freq", rope_inv_freq(cfg) if cfg.position == "rope" else None, persistent=False)
+        self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None, persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def new_cache(self, batch_size: int, **kwargs) -> Cache:
+        """A cache for this model (see `Cache` for kind, max_len, window_only, full_view)."""
+        return Cache(self.config, batch_size, dtype=self.dtype, device=self.device, **kwargs)
+
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """input_ids (B, T) int64 -> logits (B, T, V), or (B, 1, V) with last_only.
+
+        cache: appended to in place. attention_mask (B, T): 1 for real tokens, 0 for (left) padding.
+        """
+        b, t = input_ids.shape
+        if cache is None:
+            step = positions_without_cache(self.config, b, t, attention_mask, input_ids.device)
+        else:
+            step = cache.plan(t, attention_mask)
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(step.q_pos.clamp(min=0))
+        elif self.config.position == "sinusoidal":
+            x = x + sinusoidal_embedding(step.q_pos.clamp(min=0), self.config.d_model, x.dtype)
+        x = self.embed_dropout(x)
+        inputs = self._attention_inputs(step, x.dtype)
+        slots = cache.slots if cache is not None else [None] * len(self.blocks)
+        for block, slot in zip(self.blocks, slots):
+            x = block(x, inputs, slot)
+        if cache is not None:
+            cache.commit(step)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.final_norm(x))
+
+    def _attention_inputs(self, step: CacheStep, dtype: torch.dtype) -> AttentionInputs:
+        cos = sin = None
+        if self.rope_inv_freq is not None:
+            cos, sin = rope_cos_sin(self.rope_inv_freq, step.q_pos.clamp(min=0), dtype)
+        if self.alibi_slopes is not None:
+            allowed = allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window)
+            return AttentionInputs(alibi_bias(allowed, step.q_pos, step.k_pos, self.alibi_slopes), False, cos, sin)
+        if step.trivial:
+            return AttentionInputs(None, step.n_new > 1, cos, sin)
+        return AttentionInputs(allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window), False, cos, sin)

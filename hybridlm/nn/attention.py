@@ -1,0 +1,118 @@
+"""Multi-head self-attention with MHA/GQA/MQA, RoPE or ALiBi, QK-norm, sliding windows and caches.
+
+Two implementations of the attention math, chosen by `ModelConfig.attn_impl`:
+  - `attention_ref`: softmax(Q K^T / sqrt(D) + bias) V written out (Vaswani et al. 2017, eq. 1);
+  - `attention_sdpa`: torch's scaled_dot_product_attention (flash / memory-efficient kernels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import ModelConfig
+from .norms import RMSNorm
+from .positions import apply_rope
+
+
+@dataclass
+class AttentionInputs:
+    """What every attention layer of one forward shares, computed once at the top of the model.
+
+    mask: None, a bool tensor (B, 1, T, S) where True = may attend, or an additive float tensor
+        (B, H, T, S) when ALiBi biases are folded in.
+    is_causal: the mask is plain causal over T == S keys (lets SDPA skip materialising it).
+    cos, sin: RoPE tables (B, 1, T, D), or None for other position schemes.
+    """
+
+    mask: torch.Tensor | None
+    is_causal: bool
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Which keys each query may see. q_pos (B, T), k_pos (B, S); -1 marks padding or empty slots.
+
+    A query sees a key at or before its own position and, with a window W, fewer than W back.
+    Padding queries see every slot so their (discarded) softmax stays finite. -> bool (B, 1, T, S)
+    """
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    ok = (k >= 0) & (k <= q)
+    if window is not None:
+        ok &= (q - k) < window
+    ok |= (q < 0)
+    return ok[:, None]
+
+
+def alibi_bias(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """Additive mask with ALiBi's -m_h * (i - j) penalty. -> float32 (B, H, T, S)"""
+    dist = (q_pos[:, :, None] - k_pos[:, None, :]).float()  # (B, T, S)
+    bias = -slopes.to(dist.device)[None, :, None, None] * dist[:, None]
+    return bias.masked_fill(~allowed, float("-inf"))
+
+
+def _expand_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, H_kv, S, D) -> (B, H_kv * n_rep, S, D): query head h reads KV head h // n_rep."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def attention_ref(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_p: float = 0.0) -> torch.Tensor:
+    """Explicit softmax(Q K^T / sqrt(D) + M) V in float32. q (B, H, T, D), k/v (B, H_kv, S, D)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = _expand_kv(k, n_rep).float(), _expand_kv(v, n_rep).float()
+    scores = q.float() @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if is_causal:
+        t, s = scores.shape[-2:]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return (probs @ v).to(q.dtype)
+
+
+def attention_sdpa(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_p: float = 0.0) -> torch.Tensor:
+    """The same math through F.scaled_dot_product_attention."""
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                          dropout_p=dropout_p, enable_gqa=gqa)
+
+
+ATTENTION_IMPLS = {"ref": attention_ref, "sdpa": attention_sdpa}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        qkv_width = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        # one matmul for q, k and v: rows [q heads; k heads; v heads]
+        self.wqkv = nn.Linear(cfg.d_model, qkv_width, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.attn_out_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.attend = ATTENTION_IMPLS[cfg.attn_impl]
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, slot=None) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model). `slot` (a cache slot) is appended to in place."""
+        b, t, _ = x.shape
+        h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wqkv(x).split((h * d, h_kv * d, h_kv * d), dim=-1)
+        q, k, v = q.view(b, t, h, d), k.view(b, t, h_kv, d), v.view(b, t, h_kv, d)
+        if self.q_norm is not None:  # Qwen3 normalises each head before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if inputs.cos is not None:
+            q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+        if slot is not None:
+            k, v = slot.update(k, v)  # (B, H_kv, S, D): everything this step attends over
+        p = self.dropout if self.training else 0.0
+        o = self.attend(q, k, v, inputs.mask, inputs.is_causal, p)  # (B, H, T, D)
+        return self.wo(o.transpose(1, 2).reshape(b, t, h * d))
