@@ -77,6 +77,17 @@ class Decoder(nn.Module):
         self.register_buffer("rope_inv_freq", rope_inv_freq(cfg) if cfg.position == "rope" else None, persistent=False)
         self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None, persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # derived tables stay float32 whatever dtype the weights move to: bf16 RoPE frequencies
+        # put the rotation angle off by radians at position ~1000
+        device = self.embed.weight.device
+        if self.rope_inv_freq is not None:
+            self.rope_inv_freq = rope_inv_freq(self.config).to(device)
+        if self.alibi_slopes is not None:
+            self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype

@@ -75,3 +75,9 @@ def test_backward_reaches_every_parameter():
     logits.logsumexp(-1).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
+
+
+def test_rope_frequencies_stay_float32_when_the_model_moves_to_bf16():
+    model = Decoder(get_preset("llama-tiny")).to(torch.bfloat16)
+    assert model.embed.weight.dtype == torch.bfloat16
+    assert model.rope_inv_freq.dtype == torch.float32

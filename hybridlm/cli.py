@@ -1,0 +1,287 @@
+"""The `hybridlm` command: thin subcommands over the library.
+
+Conventions others script against: `generate` writes only the generated text to stdout and
+everything else (load time, speed, warnings) to stderr; errors are one line on stderr and a
+non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations; auto = float32 on CPUs without native bf16, bfloat16 on CUDA")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--linear", default="auto", choices=["auto", "packed", "ref"],
+                   help="CPU float32 matmuls: packed = oneDNN-reordered weights (fast), ref = nn.Linear")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=default_max, help=f"tokens to generate (default {default_max})")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy decoding (default 0.8)")
+    g.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off (default 40)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default 0.95)")
+    g.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top probability (default 0.05)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty; 1 = off")
+    g.add_argument("--seed", type=int, default=None, help="fixes sampling: same seed, same output")
+    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); it is not printed")
+    g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence (benchmarks)")
+    g.add_argument("--cache", default="static", choices=["static", "dynamic"],
+                   help="KV cache: static = preallocated for prompt + max-new-tokens, dynamic = grows by doubling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridlm",
+        description="Build, run and measure Transformer and hybrid language models. "
+                    "Models: registry names (see `hybridlm info --list`), GGUF files, HF checkpoint dirs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="continue a prompt; the text goes to stdout, stats to stderr",
+                       description="Generate text from a prompt. Only the generated text is written to stdout; "
+                                   "load time, prefill and decode speed and cache size go to stderr.")
+    _add_model_args(p)
+    p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    _add_sampling_args(p, default_max=128)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat that streams tokens, using the model's chat template",
+                       description="Chat with a model. Type a message and press enter; /reset clears the "
+                                   "conversation, /exit (or end of input) quits.")
+    _add_model_args(p)
+    _add_sampling_args(p, default_max=512)
+    p.add_argument("--system", default=None, help="system message")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="parameters, layer pattern, weight bytes and KV-cache bytes of a model or preset",
+                       description="Describe a model without running it: parameters, layer pattern, dtype, weight "
+                                   "bytes, KV-cache bytes per token and at the full context.")
+    p.add_argument("model", nargs="?", help="registry name, preset name, .gguf file or HF checkpoint directory")
+    p.add_argument("--list", action="store_true", help="list registry names and presets")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the byte counts assume (default float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="GGUF -> HF-layout directory (config.json, safetensors, tokenizer)",
+                       description="Convert a GGUF file into an HF checkpoint directory that transformers and "
+                                   "hybridlm load. Tensors are dequantized to --dtype. Written atomically.")
+    p.add_argument("source", help="a .gguf file or a registry name")
+    p.add_argument("out_dir", help="output directory (must not exist or be empty unless --overwrite)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="saved dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load(args):
+    import torch
+
+    from .checkpoints.registry import load_model
+    from .device import resolve_device, resolve_dtype
+    from .nn.packed_linear import pack_linears
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype, warning = resolve_dtype(args.dtype, device)
+    if warning:
+        _log(f"hybridlm: warning: {warning}")
+    loaded = load_model(args.model, dtype=dtype, device=device)
+    start = time.perf_counter()
+    pack_linears(loaded.model, args.linear)
+    loaded.load_seconds += time.perf_counter() - start
+    loaded.model.eval()
+    return loaded
+
+
+def _sampling(args, tokenizer):
+    from .generation.sampling import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
+        eos_token_ids=tuple(tokenizer.eos_token_ids), ignore_eos=args.ignore_eos)
+
+
+def _check_context(model, n_prompt: int, max_new: int) -> None:
+    ctx = model.config.max_seq_len
+    if n_prompt + max_new > ctx:
+        raise ValueError(f"the prompt has {n_prompt} tokens; with --max-new-tokens {max_new} that exceeds "
+                         f"the model's context of {ctx} tokens")
+
+
+def _stats_line(stats, load_s: float) -> str:
+    return (f"load {load_s:.2f} s | prefill {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
+            f"({stats.prefill_tokens_per_s:.0f} tok/s) | decode {stats.new_tokens} tokens at "
+            f"{stats.decode_tokens_per_s:.1f} tok/s | cache {stats.cache_bytes / 2**20:.1f} MiB")
+
+
+def _streamer(tokenizer):
+    """on_token callback printing text as soon as it is complete UTF-8."""
+    decoder = tokenizer.stream_decoder()
+    eos = set(tokenizer.eos_token_ids)
+
+    def on_token(row: int, token_id: int) -> None:
+        if token_id in eos:
+            return
+        piece = decoder.step(token_id)
+        if piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    return on_token
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+def cmd_generate(args) -> int:
+    from .generation.generate import generate
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    loaded = _load(args)
+    tok = loaded.tokenizer
+    sampling = _sampling(args, tok)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}]
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
+    ids = tok.encode(prompt)
+    _check_context(loaded.model, len(ids), sampling.max_new_tokens)
+    stream = not args.json and not sampling.stop
+    result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
+                      on_token=_streamer(tok) if stream else None)
+    text = result.texts[0]
+    if args.json:
+        print(json.dumps({"model": loaded.name, "text": text, "prompt_token_ids": ids,
+                          "token_ids": result.tokens[0], "finish_reason": result.finish_reasons[0],
+                          "load_s": loaded.load_seconds, **result.stats.as_dict()}))
+    elif not stream:
+        sys.stdout.write(text + "\n")
+    else:
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    _log(_stats_line(result.stats, loaded.load_seconds))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .generation.generate import generate
+
+    loaded = _load(args)
+    tok = loaded.tokenizer
+    sampling = _sampling(args, tok)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    _log(f"hybridlm chat with {loaded.name} (loaded in {loaded.load_seconds:.2f} s); /reset clears, /exit quits")
+    while True:
+        try:
+            line = input("> " if sys.stdin.isatty() else "")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = list(system)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        _check_context(loaded.model, len(ids), sampling.max_new_tokens)
+        result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
+                          on_token=_streamer(tok))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": result.texts[0]})
+        _log(f"[{result.stats.decode_tokens_per_s:.1f} tok/s]")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .analysis.memory import memory_summary
+    from .checkpoints.registry import describe_source, known_models
+    from .presets import PRESETS
+
+    if args.list or not args.model:
+        print("registry: " + ", ".join(known_models()))
+        print("presets:  " + ", ".join(sorted(PRESETS)))
+        return 0
+    cfg, source = describe_source(args.model)
+    nbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[args.dtype]
+    mem = memory_summary(cfg, nbytes)
+    info = {
+        "model": args.model, "source": source, "params": mem.params, "dtype": args.dtype,
+        "layer_pattern": cfg.pattern, "blocks": len(cfg.blocks), "attention_layers": cfg.n_attention_layers,
+        "d_model": cfg.d_model, "heads": cfg.n_heads, "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len, "weight_bytes": mem.weight_bytes,
+        "kv_bytes_per_token": mem.kv_bytes_per_token, "kv_bytes_at_context": mem.kv_bytes_at_context,
+        "config": cfg.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    mib = 2**20
+    print(f"model           {args.model} ({source})")
+    print(f"parameters      {mem.params:,} ({mem.params / 1e6:.1f}M)")
+    print(f"layer pattern   {cfg.pattern}  ({len(cfg.blocks)} blocks, {cfg.n_attention_layers} attention)")
+    print(f"shape           d_model {cfg.d_model}, heads {cfg.n_heads} (kv {cfg.n_kv_heads}) x {cfg.head_dim}, "
+          f"ff {cfg.d_ff} {cfg.mlp}, vocab {cfg.vocab_size}, positions {cfg.position}")
+    print(f"dtype           {args.dtype}")
+    print(f"weights         {mem.weight_bytes / mib:,.1f} MiB")
+    print(f"KV cache        {mem.kv_bytes_per_token / 1024:,.1f} KiB per token, "
+          f"{mem.kv_bytes_at_context / mib:,.1f} MiB at the full context of {cfg.max_seq_len} tokens (batch 1)")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .checkpoints.convert import convert_gguf_to_hf
+    from .device import DTYPES
+
+    start = time.perf_counter()
+    out = convert_gguf_to_hf(args.source, args.out_dir, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
+    _log(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cache import CacheFullError
+    from .checkpoints.errors import CheckpointError
+    from .config import ConfigError
+    from .presets import UnknownPresetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ConfigError, UnknownPresetError, CacheFullError, ValueError,
+            FileExistsError, FileNotFoundError) as err:
+        _log(f"hybridlm: error: {err}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _log("hybridlm: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
