@@ -125,13 +125,6 @@ def _sampling(args, tokenizer):
         eos_token_ids=tuple(tokenizer.eos_token_ids), ignore_eos=args.ignore_eos)
 
 
-def _check_context(model, n_prompt: int, max_new: int) -> None:
-    ctx = model.config.max_seq_len
-    if n_prompt + max_new > ctx:
-        raise ValueError(f"the prompt has {n_prompt} tokens; with --max-new-tokens {max_new} that exceeds "
-                         f"the model's context of {ctx} tokens")
-
-
 def _stats_line(stats, load_s: float) -> str:
     return (f"load {load_s:.2f} s | prefill {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
             f"({stats.prefill_tokens_per_s:.0f} tok/s) | decode {stats.new_tokens} tokens at "
@@ -170,7 +163,6 @@ def cmd_generate(args) -> int:
             {"role": "user", "content": prompt}]
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
     ids = tok.encode(prompt)
-    _check_context(loaded.model, len(ids), sampling.max_new_tokens)
     stream = not args.json and not sampling.stop
     result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
                       on_token=_streamer(tok) if stream else None)
@@ -211,8 +203,7 @@ def cmd_chat(args) -> int:
             continue
         messages.append({"role": "user", "content": line})
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
-        _check_context(loaded.model, len(ids), sampling.max_new_tokens)
-        result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
+            result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
                           on_token=_streamer(tok))
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -64,9 +64,9 @@ def beam_search(model: nn.Module, prompt: list[int], num_beams: int, max_new_tok
     """
     cfg = model.config
     _check(prompt, num_beams, max_new_tokens, early_stopping, cfg.vocab_size)
-    if cfg.position == "learned" and len(prompt) + max_new_tokens > cfg.max_seq_len:
+    if len(prompt) + max_new_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"the {cfg.max_seq_len} learned positions of the model")
+                         f"the model's context of {cfg.max_seq_len} tokens")
     eos = eos_ids(model, None if eos_token_ids is None else tuple(eos_token_ids))
     n_candidates = max(2, 1 + len(eos)) * num_beams
     device, vocab = model.device, cfg.vocab_size

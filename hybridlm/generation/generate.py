@@ -76,9 +76,9 @@ def _check(model: nn.Module, prompts: list[list[int]], sampling: SamplingConfig,
         if min(prompt) < 0 or max(prompt) >= cfg.vocab_size:
             raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
     longest = max(len(p) for p in prompts)
-    if cfg.position == "learned" and longest + sampling.max_new_tokens > cfg.max_seq_len:
+    if longest + sampling.max_new_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds "
-                         f"the {cfg.max_seq_len} learned positions of the model")
+                         f"the model's context of {cfg.max_seq_len} tokens")
     if sampling.stop and decode is None:
         raise ValueError("stop strings need a decode function (token ids -> text)")
 

@@ -178,7 +178,7 @@ def test_stats(make_decoder):
 
 
 def test_invalid_requests_raise(make_decoder):
-    model = make_decoder("gpt2-tiny")  # learned positions: 512 of them
+    model = make_decoder("gpt2-tiny")  # a context of 512 tokens
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -189,7 +189,7 @@ def test_invalid_requests_raise(make_decoder):
         generate(model, [], GREEDY)
     with pytest.raises(ValueError, match="outside"):
         generate(model, [[1, 5000]], GREEDY)
-    with pytest.raises(ValueError, match="learned positions"):
+    with pytest.raises(ValueError, match="context of 512"):
         generate(model, [[1] * 500], GREEDY)
     generate(model, [[1] * 492], GREEDY)  # 492 + 20 = 512 fits exactly
     with pytest.raises(ValueError, match="decode"):
