@@ -131,20 +131,25 @@ def _stats_line(stats, load_s: float) -> str:
             f"{stats.decode_tokens_per_s:.1f} tok/s | cache {stats.cache_bytes / 2**20:.1f} MiB")
 
 
-def _streamer(tokenizer):
+class _Streamer:
     """on_token callback printing text as soon as it is complete UTF-8."""
-    decoder = tokenizer.stream_decoder()
-    eos = set(tokenizer.eos_token_ids)
 
-    def on_token(row: int, token_id: int) -> None:
-        if token_id in eos:
-            return
-        piece = decoder.step(token_id)
-        if piece:
-            sys.stdout.write(piece)
+    def __init__(self, tokenizer):
+        self.decoder = tokenizer.stream_decoder()
+        self.eos = set(tokenizer.eos_token_ids)
+
+    def __call__(self, row: int, token_id: int) -> None:
+        if token_id not in self.eos:
+            self._write(self.decoder.step(token_id))
+
+    def finish(self) -> None:
+        self._write(self.decoder.flush() + "\n")
+
+    @staticmethod
+    def _write(text: str) -> None:
+        if text:
+            sys.stdout.write(text)
             sys.stdout.flush()
-
-    return on_token
 
 
 # -- subcommands ------------------------------------------------------------------------------
@@ -163,19 +168,18 @@ def cmd_generate(args) -> int:
             {"role": "user", "content": prompt}]
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
     ids = tok.encode(prompt)
-    stream = not args.json and not sampling.stop
-    result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
-                      on_token=_streamer(tok) if stream else None)
+    # stop strings are only known to be text once complete, so with them the text is printed at the end
+    streamer = _Streamer(tok) if not args.json and not sampling.stop else None
+    result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer)
     text = result.texts[0]
     if args.json:
         print(json.dumps({"model": loaded.name, "text": text, "prompt_token_ids": ids,
                           "token_ids": result.tokens[0], "finish_reason": result.finish_reasons[0],
                           "load_s": loaded.load_seconds, **result.stats.as_dict()}))
-    elif not stream:
-        sys.stdout.write(text + "\n")
+    elif streamer is None:
+        print(text)
     else:
-        sys.stdout.write("\n")
-    sys.stdout.flush()
+        streamer.finish()
     _log(_stats_line(result.stats, loaded.load_seconds))
     return 0
 
@@ -203,10 +207,9 @@ def cmd_chat(args) -> int:
             continue
         messages.append({"role": "user", "content": line})
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
-            result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
-                          on_token=_streamer(tok))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        streamer = _Streamer(tok)
+        result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer)
+        streamer.finish()
         messages.append({"role": "assistant", "content": result.texts[0]})
         _log(f"[{result.stats.decode_tokens_per_s:.1f} tok/s]")
     return 0

@@ -475,15 +475,21 @@ def _check_against(model: Decoder, sd: dict[str, torch.Tensor], arch: str) -> No
         raise CheckpointError(f"checkpoint has tensors the {arch} config does not use: {_few(extra)}")
 
 
+def read_hf_config(path: str | os.PathLike) -> dict:
+    """The config.json of an HF checkpoint directory, as a dict."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    return _read_json(path / "config.json")
+
+
 def load_hf_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu") -> Decoder:
     """An HF checkpoint directory (config.json + safetensors, sharded or not, or pytorch_model.bin) -> Decoder.
 
     dtype: of the parameters; None keeps the checkpoint's. The model is returned in eval mode.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint directory not found")
-    cfg, arch = config_from_hf(_read_json(path / "config.json"))
+    cfg, arch = config_from_hf(read_hf_config(path))
     sd = state_dict_from_hf(read_hf_state_dict(path), cfg, arch)
     if dtype is None:
         dtype = next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)

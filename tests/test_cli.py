@@ -1,0 +1,142 @@
+"""The `hybridlm` command as users script it: stdout holds only the output, errors are one line."""
+
+import io
+import json
+
+import pytest
+
+from hybridlm.cli import main
+
+GREEDY = ["--temperature", "0", "--max-new-tokens", "8"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, out, err, *needles):
+    assert code != 0
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hybridlm: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_generate_writes_only_text_to_stdout(capsys):
+    code, out, err = run(capsys, "generate", "smollm2-135m", "The capital of France is", *GREEDY)
+    assert code == 0
+    assert out.strip() and "tok/s" not in out
+    assert "prefill" in err and "decode" in err and "tok/s" in err
+
+
+def test_json_output_and_seeded_sampling_is_reproducible(capsys):
+    args = ["generate", "smollm2-135m", "Once upon a time", "--max-new-tokens", "8", "--json", "--ignore-eos"]
+    _, a, _ = run(capsys, *args, "--seed", "7")
+    _, b, _ = run(capsys, *args, "--seed", "7")
+    first, second = json.loads(a), json.loads(b)
+    assert first["token_ids"] == second["token_ids"] and len(first["token_ids"]) == 8
+    assert first["finish_reason"] == "length"
+    for key in ("text", "prompt_token_ids", "prefill_s", "decode_s", "decode_tokens_per_s", "cache_bytes", "load_s"):
+        assert key in first
+
+
+def test_chat_flag_uses_the_template(capsys):
+    code, out, _ = run(capsys, "generate", "smollm2-135m", "Say hi.", "--chat", "--json", *GREEDY)
+    assert code == 0
+    prompt_ids = json.loads(out)["prompt_token_ids"]
+    assert prompt_ids[0] == 1  # <|im_start|> opens the system turn the template adds
+
+
+def test_stop_string_is_not_printed(capsys):
+    code, out, _ = run(capsys, "generate", "smollm2-135m", "1, 2, 3, 4,", "--temperature", "0",
+                       "--max-new-tokens", "16", "--stop", "7")
+    assert code == 0 and "7" not in out
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_non_positive_max_new_tokens_is_an_error(capsys, n):
+    assert_one_line_error(*run(capsys, "generate", "smollm2-135m", "hi", "--max-new-tokens", n), "max_new_tokens")
+
+
+def test_prompt_longer_than_the_context_is_an_error(capsys):
+    prompt = "hello " * 9000
+    assert_one_line_error(*run(capsys, "generate", "smollm2-135m", prompt, "--max-new-tokens", "4"), "context of 8192")
+
+
+def test_unknown_model_lists_known_ones(capsys):
+    assert_one_line_error(*run(capsys, "generate", "no-such-model", "hi"), "smollm2-135m")
+
+
+def test_missing_checkpoint_directory(capsys, tmp_path):
+    assert_one_line_error(*run(capsys, "generate", str(tmp_path / "absent"), "hi"), "absent")
+
+
+def test_corrupt_checkpoint(capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+                                                      "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                      "intermediate_size": 32}))
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert_one_line_error(*run(capsys, "generate", str(tmp_path), "hi"), "model.safetensors")
+
+
+def test_gguf_with_unsupported_architecture(capsys, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "mamba.gguf"
+    writer = gguf.GGUFWriter(str(path), "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_one_line_error(*run(capsys, "generate", str(path), "hi"), "mamba")
+
+
+def test_unknown_preset_in_info(capsys):
+    assert_one_line_error(*run(capsys, "info", "gpt5-tiny"), "gpt5-tiny")
+
+
+def test_info_json(capsys):
+    code, out, _ = run(capsys, "info", "smollm2-135m", "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["params"] == 134_515_008
+    assert info["kv_bytes_per_token"] == 30 * 2 * 3 * 64 * 4
+    assert info["kv_bytes_at_context"] == info["kv_bytes_per_token"] * 8192
+    assert info["layer_pattern"] == "*-" * 30
+
+
+def test_chat_streams_answers(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 2?\n/reset\nHello\n/exit\n"))
+    code, out, err = run(capsys, "chat", "smollm2-135m", *GREEDY)
+    assert code == 0
+    assert len([line for line in out.splitlines() if line.strip()]) >= 2  # two answers
+    assert "tok/s" in err
+
+
+def test_convert_failure_writes_nothing(capsys, tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a gguf at all")
+    out_dir = tmp_path / "out"
+    assert_one_line_error(*run(capsys, "convert", str(bogus), str(out_dir)))
+    assert not out_dir.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bogus.gguf"]
+
+
+def test_convert_refuses_a_non_empty_directory(capsys, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert_one_line_error(*run(capsys, "convert", "smollm2-135m", str(tmp_path)), "not empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "info", "convert"])
+def test_every_subcommand_explains_itself(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert len(capsys.readouterr().out) > 300
