@@ -140,3 +140,12 @@ def test_every_subcommand_explains_itself(capsys, command):
         main([command, "--help"])
     assert exit_.value.code == 0
     assert len(capsys.readouterr().out) > 300
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("generate", "chat", "info", "convert"):
+        assert command in out
