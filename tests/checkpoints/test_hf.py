@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 from hybridlm.checkpoints import hf  # noqa: E402
 from hybridlm.checkpoints.errors import CheckpointError  # noqa: E402

@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from hybridlm.config import ModelConfig
@@ -39,7 +38,7 @@ def test_linear_scaling_divides_frequencies():
 
 
 def test_llama3_scaling_matches_transformers():
-    hf = pytest.importorskip("transformers.modeling_rope_utils")
+    import transformers.modeling_rope_utils as hf
     from transformers import LlamaConfig
 
     cfg = ModelConfig(d_model=2048, n_heads=32, rope_theta=500000.0, rope_scaling="llama3", rope_factor=32.0,
