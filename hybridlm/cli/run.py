@@ -1,9 +1,4 @@
-"""The `hybridlm` command: thin subcommands over the library.
-
-Conventions others script against: `generate` writes only the generated text to stdout and
-everything else (load time, speed, warnings) to stderr; errors are one line on stderr and a
-non-zero exit status, never a traceback.
-"""
+"""`generate`, `chat`, `info` and `convert`: running and describing models."""
 
 from __future__ import annotations
 
@@ -11,9 +6,6 @@ import argparse
 import json
 import sys
 import time
-
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
@@ -40,53 +32,6 @@ def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
                    help="KV cache: static = preallocated for prompt + max-new-tokens, dynamic = grows by doubling")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hybridlm",
-        description="Build, run and measure Transformer and hybrid language models. "
-                    "Models: registry names (see `hybridlm info --list`), GGUF files, HF checkpoint dirs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("generate", help="continue a prompt; the text goes to stdout, stats to stderr",
-                       description="Generate text from a prompt. Only the generated text is written to stdout; "
-                                   "load time, prefill and decode speed and cache size go to stderr.")
-    _add_model_args(p)
-    p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
-    _add_sampling_args(p, default_max=128)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
-    p.add_argument("--system", default=None, help="system message for --chat")
-    p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("chat", help="interactive chat that streams tokens, using the model's chat template",
-                       description="Chat with a model. Type a message and press enter; /reset clears the "
-                                   "conversation, /exit (or end of input) quits.")
-    _add_model_args(p)
-    _add_sampling_args(p, default_max=512)
-    p.add_argument("--system", default=None, help="system message")
-    p.set_defaults(func=cmd_chat)
-
-    p = sub.add_parser("info", help="parameters, layer pattern, weight bytes and KV-cache bytes of a model or preset",
-                       description="Describe a model without running it: parameters, layer pattern, dtype, weight "
-                                   "bytes, KV-cache bytes per token and at the full context.")
-    p.add_argument("model", nargs="?", help="registry name, preset name, .gguf file or HF checkpoint directory")
-    p.add_argument("--list", action="store_true", help="list registry names and presets")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype the byte counts assume (default float32)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("convert", help="GGUF -> HF-layout directory (config.json, safetensors, tokenizer)",
-                       description="Convert a GGUF file into an HF checkpoint directory that transformers and "
-                                   "hybridlm load. Tensors are dequantized to --dtype. Written atomically.")
-    p.add_argument("source", help="a .gguf file or a registry name")
-    p.add_argument("out_dir", help="output directory (must not exist or be empty unless --overwrite)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="saved dtype")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    p.set_defaults(func=cmd_convert)
-    return parser
-
-
 # -- helpers ----------------------------------------------------------------------------------
 
 def _log(message: str) -> None:
@@ -96,9 +41,9 @@ def _log(message: str) -> None:
 def _load(args):
     import torch
 
-    from .checkpoints.registry import load_model
-    from .device import resolve_device, resolve_dtype
-    from .nn.packed_linear import pack_linears
+    from ..checkpoints.registry import load_model
+    from ..device import resolve_device, resolve_dtype
+    from ..nn.packed_linear import pack_linears
 
     if args.threads is not None:
         if args.threads < 1:
@@ -117,7 +62,7 @@ def _load(args):
 
 
 def _sampling(args, tokenizer):
-    from .generation.sampling import SamplingConfig
+    from ..generation.sampling import SamplingConfig
 
     return SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -155,7 +100,7 @@ class _Streamer:
 # -- subcommands ------------------------------------------------------------------------------
 
 def cmd_generate(args) -> int:
-    from .generation.generate import generate
+    from ..generation.generate import generate
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
@@ -185,7 +130,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .generation.generate import generate
+    from ..generation.generate import generate
 
     loaded = _load(args)
     tok = loaded.tokenizer
@@ -216,9 +161,9 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .analysis.memory import memory_summary
-    from .checkpoints.registry import describe_source, known_models
-    from .presets import PRESETS
+    from ..analysis.memory import memory_summary
+    from ..checkpoints.registry import describe_source, known_models
+    from ..presets import PRESETS
 
     if args.list or not args.model:
         print("registry: " + ", ".join(known_models()))
@@ -252,8 +197,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoints.convert import convert_gguf_to_hf
-    from .device import DTYPES
+    from ..checkpoints.convert import convert_gguf_to_hf
+    from ..device import DTYPES
 
     start = time.perf_counter()
     out = convert_gguf_to_hf(args.source, args.out_dir, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
@@ -261,21 +206,42 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .cache import CacheFullError
-    from .checkpoints.errors import CheckpointError
-    from .config import ConfigError
-    from .presets import UnknownPresetError
+def register(sub) -> None:
+    """Add this module's subcommands to the `hybridlm` parser."""
+    p = sub.add_parser("generate", help="continue a prompt; the text goes to stdout, stats to stderr",
+                       description="Generate text from a prompt. Only the generated text is written to stdout; "
+                                   "load time, prefill and decode speed and cache size go to stderr.")
+    _add_model_args(p)
+    p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    _add_sampling_args(p, default_max=128)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
+    p.set_defaults(func=cmd_generate)
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CheckpointError, ConfigError, UnknownPresetError, CacheFullError, ValueError,
-            FileExistsError, FileNotFoundError) as err:
-        _log(f"hybridlm: error: {err}")
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        _log("hybridlm: interrupted")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_ERROR
+    p = sub.add_parser("chat", help="interactive chat that streams tokens, using the model's chat template",
+                       description="Chat with a model. Type a message and press enter; /reset clears the "
+                                   "conversation, /exit (or end of input) quits.")
+    _add_model_args(p)
+    _add_sampling_args(p, default_max=512)
+    p.add_argument("--system", default=None, help="system message")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="parameters, layer pattern, weight bytes and KV-cache bytes of a model or preset",
+                       description="Describe a model without running it: parameters, layer pattern, dtype, weight "
+                                   "bytes, KV-cache bytes per token and at the full context.")
+    p.add_argument("model", nargs="?", help="registry name, preset name, .gguf file or HF checkpoint directory")
+    p.add_argument("--list", action="store_true", help="list registry names and presets")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the byte counts assume (default float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="GGUF -> HF-layout directory (config.json, safetensors, tokenizer)",
+                       description="Convert a GGUF file into an HF checkpoint directory that transformers and "
+                                   "hybridlm load. Tensors are dequantized to --dtype. Written atomically.")
+    p.add_argument("source", help="a .gguf file or a registry name")
+    p.add_argument("out_dir", help="output directory (must not exist or be empty unless --overwrite)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="saved dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=cmd_convert)
