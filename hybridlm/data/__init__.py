@@ -1,0 +1,1 @@
+"""Corpus curation: extract, filter, dedup, mix, decontaminate, tokenize into shards."""
