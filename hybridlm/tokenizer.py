@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
 
@@ -155,6 +155,27 @@ class Tokenizer:
         return cls(backend, bos_token=bos, eos_token=token("eos_token_id"), pad_token=token("padding_token_id"),
                    unk_token=token("unknown_token_id"), add_bos=add_bos and bos is not None,
                    chat_template=meta.get("tokenizer.chat_template"))
+
+    @classmethod
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
+                  special_tokens: Iterable[str] = ("<|endoftext|>",), length: int | None = None,
+                  show_progress: bool = False) -> "Tokenizer":
+        """Train a byte-level BPE (GPT-2's pre-tokenizer and 256-byte alphabet, so any text encodes) on
+        `texts`. `vocab_size` counts the bytes, the merges and `special_tokens`, whose first is eos.
+        `length` is the number of texts, for the progress bar only."""
+        specials = list(special_tokens)
+        if vocab_size < 256 + len(specials):
+            raise TokenizerError(f"vocab_size {vocab_size} is below the 256 byte tokens plus "
+                                 f"{len(specials)} special tokens")
+        backend = Backend(models.BPE(fuse_unk=False, byte_fallback=False))
+        backend.pre_tokenizer = _GPT2_BYTES
+        backend.decoder = decoders.ByteLevel()
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=show_progress)
+        backend.train_from_iterator(texts, trainer, length=length)
+        return cls(backend, eos_token=specials[0] if specials else None)
 
     # -- ids -----------------------------------------------------------------------------------
     def token_to_id(self, token: str | None) -> int | None:
