@@ -1,4 +1,4 @@
-"""Inference state: one slot per attention block, plus the position bookkeeping they share.
+"""Inference state: one slot per attention or Mamba block, plus the position bookkeeping they share.
 
 Three storage strategies behind one slot interface (`update(k, v) -> what to attend over`):
   - static:  preallocated to `max_len` slots; with `full_view` every step attends over the whole
@@ -9,6 +9,11 @@ Three storage strategies behind one slot interface (`update(k, v) -> what to att
 All rows of a batch share the slot index; rows differ only in their positions (left padding),
 which the cache tracks per slot as `key_pos` (-1 = padding or empty). Positions live here and
 advance once per forward in `commit`, never inside a layer.
+
+Mamba blocks get a `MambaSlot`: a constant-size conv state and SSM state, overwritten in place by
+every forward. A recurrent state cannot be rewound: it summarises every token so far and no token
+can be taken back out. So a hybrid cache supports `reorder` (beam search: rows move whole) but not
+truncation; reusing a prefix needs the state saved at exactly that prefix, or extending it exactly.
 """
 
 from __future__ import annotations
@@ -90,8 +95,30 @@ class KVSlot:
         return self.k.numel() * self.k.element_size() * 2
 
 
+class MambaSlot:
+    """Recurrent state of one Mamba-2 block (nn/mamba2.py), the same size at any context length.
+
+    conv (B, conv_dim, d_conv - 1): the last inputs of the causal conv, zeros before the first token.
+    ssm (B, H, P, N): the SSM state h, kept in float32 at least (it accumulates over every token).
+    Cannot be rewound (see the module doc); `reorder` moves rows whole.
+    """
+
+    def __init__(self, cache: "Cache", cfg: ModelConfig):
+        b, device = cache.batch_size, cache.device
+        self.conv = torch.zeros(b, cfg.mamba_conv_dim, cfg.d_conv - 1, dtype=cache.dtype, device=device)
+        self.ssm = torch.zeros(b, cfg.mamba_n_heads, cfg.mamba_head_dim, cfg.d_state,
+                               dtype=torch.promote_types(cache.dtype, torch.float32), device=device)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.conv, self.ssm = self.conv.index_select(0, rows), self.ssm.index_select(0, rows)
+
+    def nbytes(self) -> int:
+        return self.conv.numel() * self.conv.element_size() + self.ssm.numel() * self.ssm.element_size()
+
+
 class Cache:
-    """Per-block inference state for a decoder. `slots[i]` is None for blocks without state."""
+    """Per-block inference state for a decoder: a KV slot per attention block, a `MambaSlot` per
+    Mamba block, None for blocks without state (MLP, MoE)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, kind: str = "dynamic",
                  max_len: int | None = None, window_only: bool = True, full_view: bool = False,
@@ -114,7 +141,8 @@ class Cache:
         self.has_padding = False
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.key_pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=self.device)
-        self.slots = [KVSlot(self, capacity) if b == "attention" else None for b in cfg.blocks]
+        self.slots = [KVSlot(self, capacity) if b == "attention" else MambaSlot(self, cfg) if b == "mamba" else None
+                      for b in cfg.blocks]
 
     # -- bookkeeping shared by all slots ------------------------------------------------------
     def ring_index(self, start: int, t: int) -> torch.Tensor:

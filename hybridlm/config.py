@@ -8,6 +8,8 @@ symbol per block, as Nemotron-H's `hybrid_override_pattern` does:
 
 A plain Transformer layer is an attention block followed by an MLP block, so a dense model of
 `n_layers` layers has the pattern '*-' * n_layers; that is what an empty `layer_pattern` means.
+With `n_experts` > 0 the MLP of every layer is a mixture of experts: an empty pattern is then
+'*E' * n_layers (Mixtral).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu", "geglu", "reglu")
 NORMS = ("rmsnorm", "layernorm")
+MOE_ROUTERS = ("softmax", "sigmoid")
+SSD_IMPLS = ("chunked", "ref")
 
 
 class ConfigError(ValueError):
@@ -33,7 +37,7 @@ class ModelConfig:
     # sizes
     vocab_size: int = 32000  # tokens in the embedding and the LM head
     d_model: int = 512  # residual stream width
-    n_layers: int = 8  # transformer layers (attention + MLP) when layer_pattern is empty
+    n_layers: int = 8  # transformer layers (attention + MLP or MoE) when layer_pattern is empty
     n_heads: int = 8  # query heads
     n_kv_heads: int | None = None  # key/value heads: n_heads = MHA, 1 = MQA, between = GQA
     head_dim: int | None = None  # per-head width; default d_model // n_heads
@@ -66,6 +70,34 @@ class ModelConfig:
     tie_embeddings: bool = False  # LM head shares the token embedding matrix
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
 
+    # mixture of experts ('E' blocks); experts are MLPs of kind `mlp` (SwiGLU for Mixtral)
+    n_experts: int = 0  # routed experts per 'E' block; 0 = no MoE
+    n_experts_per_token: int = 2  # experts each token is sent to (top-k)
+    moe_router: str = "softmax"  # one of MOE_ROUTERS: softmax over experts, or per-expert sigmoid scores
+    moe_renormalize: bool = True  # rescale the k chosen scores to sum to 1 (Mixtral); False: raw (Switch)
+    moe_d_ff: int | None = None  # hidden width of each expert (per GLU branch); default d_ff
+    moe_shared_expert_d_ff: int = 0  # hidden width of an always-on shared expert; 0 = none
+    moe_capacity_factor: float = 0.0  # tokens an expert takes per forward: factor x k x tokens / n_experts
+    #   (Switch Transformers); the overflow is dropped and passes through the residual; 0 = no limit
+    moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss the trainer adds (Switch's alpha)
+    moe_impl: str = "fast"  # "fast" (tokens grouped by expert) or "ref" (per-token loop)
+
+    # Mamba-2 mixers ('M' blocks; Dao & Gu 2024). Inner width = mamba_n_heads x mamba_head_dim.
+    mamba_n_heads: int | None = None  # SSD heads; default 2 * d_model // mamba_head_dim (expand 2)
+    mamba_head_dim: int = 64  # channels per SSD head (P)
+    d_state: int = 128  # SSM state size per channel (N)
+    mamba_n_groups: int = 1  # groups of heads sharing B and C (like KV groups); the gated norm's groups too
+    d_conv: int = 4  # width of the depthwise causal conv over x, B, C
+    mamba_chunk_size: int = 128  # tokens per chunk of the chunked SSD scan
+    mamba_conv_bias: bool = True  # bias in the causal conv
+    mamba_proj_bias: bool = False  # biases in the in/out projections
+    mamba_dt_min: float = 0.001  # init: dt drawn log-uniformly from [dt_min, dt_max] ...
+    mamba_dt_max: float = 0.1
+    mamba_dt_init_floor: float = 1e-4  # ... and clamped below at this floor
+    mamba_dt_limit: tuple[float, float | None] = (0.0, None)  # dt = softplus(.) is clamped into
+    #   [low, high]; high None = no upper limit (JSON has no infinity)
+    ssd_impl: str = "chunked"  # one of SSD_IMPLS: chunked SSD scan (fast) or the sequential recurrence
+
     # special tokens (model-level defaults; a tokenizer may override)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -80,7 +112,15 @@ class ModelConfig:
             if self.d_model % self.n_heads:
                 raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
             self.head_dim = self.d_model // self.n_heads
-        pattern = self.layer_pattern or "*-" * self.n_layers
+        if self.moe_d_ff is None:
+            self.moe_d_ff = self.d_ff
+        if self.mamba_n_heads is None:
+            self.mamba_n_heads = max(1, 2 * self.d_model // self.mamba_head_dim)
+        if len(self.mamba_dt_limit) != 2:
+            raise ConfigError(f"mamba_dt_limit must be (low, high), not {self.mamba_dt_limit!r}")
+        low, high = self.mamba_dt_limit  # a list from JSON; an infinite high means no limit
+        self.mamba_dt_limit = (float(low), None if high is None or high == float("inf") else float(high))
+        pattern = self.layer_pattern or ("*E" if self.n_experts else "*-") * self.n_layers
         bad = sorted(set(pattern) - set(BLOCK_KINDS))
         if bad:
             raise ConfigError(f"layer_pattern has unknown symbols {bad}; known: {sorted(BLOCK_KINDS)}")
@@ -101,10 +141,52 @@ class ModelConfig:
             (self.position != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (len(self.blocks) > 0, "the model has no blocks"),
+            *self._moe_checks(),
+            *self._mamba_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def _moe_checks(self) -> list[tuple[bool, str]]:
+        k, n = self.n_experts_per_token, self.n_experts
+        return [
+            (n >= 0, "n_experts must be >= 0"),
+            ("moe" not in self.blocks or n > 0, "'E' blocks need n_experts > 0"),
+            ("moe" not in self.blocks or 1 <= k <= n, f"n_experts_per_token {k} must be in [1, n_experts {n}]"),
+            (self.moe_router in MOE_ROUTERS, f"moe_router must be one of {MOE_ROUTERS}"),
+            (self.moe_d_ff > 0 and self.moe_shared_expert_d_ff >= 0, "moe_d_ff must be > 0, moe_shared_expert_d_ff >= 0"),
+            (self.moe_capacity_factor >= 0, "moe_capacity_factor must be >= 0 (0 = no limit)"),
+            (self.moe_aux_loss_coef >= 0, "moe_aux_loss_coef must be >= 0"),
+            (self.moe_impl in ("fast", "ref"), "moe_impl must be 'fast' or 'ref'"),
+        ]
+
+    def _mamba_checks(self) -> list[tuple[bool, str]]:
+        lo, hi = self.mamba_dt_limit
+        return [
+            (min(self.mamba_n_heads, self.mamba_head_dim, self.d_state, self.mamba_n_groups, self.d_conv,
+                 self.mamba_chunk_size) > 0, "Mamba sizes must be positive"),
+            (self.mamba_n_heads % self.mamba_n_groups == 0,
+             f"mamba_n_heads {self.mamba_n_heads} must be a multiple of mamba_n_groups {self.mamba_n_groups}"),
+            (0 < self.mamba_dt_min <= self.mamba_dt_max, "need 0 < mamba_dt_min <= mamba_dt_max"),
+            (self.mamba_dt_init_floor > 0, "mamba_dt_init_floor must be positive"),
+            (0 <= lo and (hi is None or lo < hi), "mamba_dt_limit must be (low, high) with 0 <= low < high"),
+            (self.ssd_impl in SSD_IMPLS, f"ssd_impl must be one of {SSD_IMPLS}"),
+        ]
+
+    @property
+    def mamba_d_inner(self) -> int:
+        """Width of a Mamba-2 mixer's inner stream: heads x head dim."""
+        return self.mamba_n_heads * self.mamba_head_dim
+
+    @property
+    def mamba_conv_dim(self) -> int:
+        """Channels the causal conv runs over: x, then B and C of every group."""
+        return self.mamba_d_inner + 2 * self.mamba_n_groups * self.d_state
+
+    @property
+    def n_mamba_layers(self) -> int:
+        return self.blocks.count("mamba")
 
     @property
     def pattern(self) -> str:
@@ -119,6 +201,13 @@ class ModelConfig:
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         """Bytes of K and V one token adds to the cache, over all attention layers."""
         return 2 * self.n_attention_layers * self.n_kv_heads * self.head_dim * bytes_per_element
+
+    def mamba_state_bytes(self, bytes_per_element: int = 4) -> int:
+        """Bytes of conv and SSM state one sequence holds over all Mamba layers, at any length. The
+        SSM state is kept in float32 at least (cache.MambaSlot), whatever the weights' dtype."""
+        conv = self.mamba_conv_dim * (self.d_conv - 1) * bytes_per_element
+        ssm = self.mamba_d_inner * self.d_state * max(bytes_per_element, 4)
+        return self.n_mamba_layers * (conv + ssm)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}

@@ -10,6 +10,24 @@ _GPT2 = dict(
 )
 _LLAMA = dict(position="rope", mlp="swiglu", norm="rmsnorm")
 _TINY = dict(vocab_size=1024, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=512)
+# Nemotron-H (NVIDIA 2025, arXiv:2504.03624): NoPE GQA attention, non-gated squared-ReLU MLP,
+# Mamba-2 heads of 64 with 8 B/C groups (the gated norm grouped the same way), untied embeddings,
+# no linear biases (the conv keeps its bias). dt is clamped below at dt_min, as transformers'
+# NemotronH runs these checkpoints.
+_NEMOTRON_H = dict(position="none", mlp="relu2", norm="rmsnorm", norm_eps=1e-5, tie_embeddings=False,
+                   mamba_head_dim=64, mamba_n_groups=8, d_conv=4, mamba_chunk_size=128, mamba_conv_bias=True,
+                   mamba_proj_bias=False, mamba_dt_limit=(0.001, None), bos_token_id=1, eos_token_id=2)
+_NEMOTRON_H_8B_PATTERN = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"  # 24 M, 4 *, 24 -
+# 54 M, 10 *, 54 -: the hybrid_override_pattern of nvidia/Nemotron-H-56B-Base-8K
+_NEMOTRON_H_56B_PATTERN = ("M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-"
+                           "M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-")
+# The matched pair for `hybridlm compare`: same width (512), depth (24 blocks), MLP and attention
+# shape; the hybrid swaps 10 of the 12 attention blocks for Mamba-2 (2 of 24 blocks, 8%,
+# attention, as Nemotron-H's 4 of 52) and has one MLP fewer. Its Mamba is expand 1 (8 heads x 64
+# = d_model), so a Mamba block costs about the parameters of the attention block it replaces and
+# the two totals stay within 1% (tests/test_presets.py); Nemotron-H pays for expand 2 elsewhere.
+_COMPARE = dict(vocab_size=32000, d_model=512, n_heads=8, n_kv_heads=4, d_ff=2048, mlp="relu2",
+                max_seq_len=32768, tie_embeddings=False, bos_token_id=1, eos_token_id=2)
 
 PRESETS: dict[str, dict] = {
     # GPT-2 small (Radford et al. 2019)
@@ -40,6 +58,29 @@ PRESETS: dict[str, dict] = {
     "smollm2-135m": dict(_LLAMA, vocab_size=49152, d_model=576, n_layers=30, n_heads=9,
                          n_kv_heads=3, d_ff=1536, max_seq_len=8192, rope_theta=100000.0,
                          tie_embeddings=True, bos_token_id=1, eos_token_id=2),
+    # Mixtral-8x7B-v0.1 (Jiang et al. 2024): every MLP is 8 SwiGLU experts, top-2, softmax router
+    # renormalised over the chosen two; 46.7B parameters, 12.9B active per token
+    "mixtral-8x7b": dict(_LLAMA, vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                         d_ff=14336, max_seq_len=32768, rope_theta=1000000.0, n_experts=8,
+                         n_experts_per_token=2, moe_aux_loss_coef=0.02, bos_token_id=1, eos_token_id=2),
+    "mixtral-tiny": dict(_LLAMA, **dict(_TINY, d_ff=128), n_kv_heads=2, rope_theta=1000000.0, n_experts=8,
+                         n_experts_per_token=2, moe_aux_loss_coef=0.02, bos_token_id=1, eos_token_id=2),
+    # Nemotron-H-8B-Base-8K: 8.1B parameters
+    "nemotron-h-8b": dict(_NEMOTRON_H, vocab_size=131072, d_model=4096, layer_pattern=_NEMOTRON_H_8B_PATTERN,
+                          n_heads=32, n_kv_heads=8, head_dim=128, d_ff=21504, mamba_n_heads=128, d_state=128,
+                          max_seq_len=8192),
+    # Nemotron-H-56B-Base-8K (paper Table 1, Megatron-Bridge's provider): 118 blocks, width 8192,
+    # MLP 32768, 64 query / 8 KV heads of 128, Mamba 256 heads x 64 with state 256 and 8 groups
+    "nemotron-h-56b": dict(_NEMOTRON_H, vocab_size=131072, d_model=8192, layer_pattern=_NEMOTRON_H_56B_PATTERN,
+                           n_heads=64, n_kv_heads=8, head_dim=128, d_ff=32768, mamba_n_heads=256, d_state=256,
+                           max_seq_len=8192),
+    "nemotron-h-tiny": dict(_NEMOTRON_H, vocab_size=1024, d_model=128, layer_pattern="M-M*-M-", n_heads=4,
+                            n_kv_heads=2, head_dim=32, d_ff=256, mamba_n_heads=8, mamba_head_dim=32, d_state=16,
+                            mamba_n_groups=2, mamba_chunk_size=16, max_seq_len=512),
+    "compare-transformer": dict(_COMPARE, layer_pattern="*-" * 12, position="rope", rope_theta=500000.0),
+    "compare-hybrid": dict(_COMPARE, layer_pattern="M-M-M-M*-" * 2 + "M-M-M-", position="none",
+                           mamba_n_heads=8, mamba_head_dim=64, d_state=128, mamba_n_groups=1, d_conv=4,
+                           mamba_chunk_size=128),
 }
 
 

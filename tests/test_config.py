@@ -35,6 +35,11 @@ def test_derived_head_dims_and_kv_heads():
     (dict(mlp="tanhglu"), "mlp"),
     (dict(d_model=100, n_heads=3), "divisible"),
     (dict(sliding_window=0), "sliding_window"),
+    (dict(layer_pattern="M-", mamba_n_heads=6, mamba_n_groups=4), "multiple of mamba_n_groups"),
+    (dict(mamba_dt_limit=(0.1, 0.01)), "mamba_dt_limit"),
+    (dict(mamba_dt_limit=(0.1,)), "mamba_dt_limit"),
+    (dict(d_state=0), "Mamba sizes"),
+    (dict(ssd_impl="fast"), "ssd_impl"),
 ])
 def test_bad_configs_say_what_is_wrong(bad, match):
     with pytest.raises(ConfigError, match=match):

@@ -4,7 +4,10 @@ This is the only module that knows HF key and config names (ARCHITECTURE.md: sta
 formats are translated at the border). A dense HF layer i is our block 2i (attention, its norm is
 `input_layernorm` / `ln_1`) and our block 2i + 1 (MLP, its norm is `post_attention_layernorm` /
 `ln_2`). Several HF tensors may make one of ours: q/k/v become the fused `wqkv` (rows
-[q heads; k heads; v heads]) and gate/up the fused GLU `w_in` (rows [gate; up]).
+[q heads; k heads; v heads]) and gate/up the fused GLU `w_in` (rows [gate; up]). A Mixtral layer i is
+our attention block 2i and our MoE block 2i + 1, each expert's w1/w3 (gate/up) fused the same way.
+The Mamba-2 families (Mamba2ForCausalLM, NemotronHForCausalLM) map one HF layer to one block; their
+names live in hf_hybrid.py, which the functions here dispatch to.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError, ModelConfig
 from ..models.decoder import Decoder
+from . import hf_hybrid
 from .atomic import atomic_dir
 from .errors import CheckpointError
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "mixtral") + hf_hybrid.ARCHS  # hybrids: hf_hybrid.py
 _HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-               "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+               "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel", "mixtral": "MixtralForCausalLM"}
+_HF_CLASSES.update(hf_hybrid.HF_CLASSES)
 
 
 # ---------------------------------------------------------------- key maps (one per architecture)
@@ -45,8 +50,9 @@ class KeyMap:
     layer: str  # prefix of HF layer i, formatted with i
     globals: tuple[Rule, ...]  # full HF names
     attention: tuple[Rule, ...]  # our block 2i
-    mlp: tuple[Rule, ...]  # our block 2i + 1
+    mlp: tuple[Rule, ...]  # our block 2i + 1; '{e}' in a rule is each expert's index
     ignored: tuple[str, ...]  # suffixes of derived buffers some versions saved (rotary tables, masks)
+    pattern: str = "*-"  # our two blocks per HF layer
 
 
 def _qkv(prefix: str, kind: str) -> tuple[str, ...]:
@@ -99,8 +105,24 @@ _GPT2_KEYS = KeyMap(
     ignored=("attn.bias", "attn.masked_bias"),  # causal-mask buffers in old GPT-2 checkpoints
 )
 
+# MixtralForCausalLM as saved on disk (transformers 5 fuses the experts into 3D tensors in memory,
+# `mlp.experts.gate_up_proj`, but converts back to these names in save_pretrained)
+_MIXTRAL_KEYS = KeyMap(
+    prefix="model.",
+    layer="model.layers.{i}.",
+    globals=_LLAMA_KEYS.globals,
+    attention=tuple(r for r in _LLAMA_KEYS.attention if not r.ours.endswith(".bias") and "_norm" not in r.ours),
+    mlp=(Rule("norm.weight", ("post_attention_layernorm.weight",)),
+         Rule("mixer.router.weight", ("block_sparse_moe.gate.weight",)),
+         Rule("mixer.experts.{e}.w_in.weight", ("block_sparse_moe.experts.{e}.w1.weight",
+                                                "block_sparse_moe.experts.{e}.w3.weight")),
+         Rule("mixer.experts.{e}.w_out.weight", ("block_sparse_moe.experts.{e}.w2.weight",))),
+    ignored=("rotary_emb.inv_freq",),
+    pattern="*E",
+)
+
 KEY_MAPS = {"llama": _LLAMA_KEYS, "mistral": _LLAMA_KEYS, "qwen2": _LLAMA_KEYS, "qwen3": _LLAMA_KEYS,
-            "gpt2": _GPT2_KEYS}
+            "gpt2": _GPT2_KEYS, "mixtral": _MIXTRAL_KEYS}
 
 
 def _check_arch(arch: str) -> None:
@@ -109,28 +131,36 @@ def _check_arch(arch: str) -> None:
 
 
 def _rules(cfg: ModelConfig, arch: str) -> list[Rule]:
-    """Every rule with full keys on both sides, for a dense config of len(cfg.blocks) // 2 layers."""
+    """Every rule with full keys on both sides, for a config of len(cfg.blocks) // 2 HF layers."""
     _check_arch(arch)
-    if cfg.pattern != "*-" * (len(cfg.blocks) // 2):
-        raise CheckpointError(f"layer pattern {cfg.pattern!r} is not a dense attention+MLP stack "
-                              f"('*-' repeated), which HF {arch} needs")
+    if arch in hf_hybrid.ARCHS:  # HF layer i is our block i
+        return [Rule(ours, hf) for ours, hf in hf_hybrid.rules(cfg, arch)]
     km = KEY_MAPS[arch]
+    if cfg.pattern != km.pattern * (len(cfg.blocks) // 2):
+        kind = "attention+MoE" if km.pattern == "*E" else "dense attention+MLP"
+        raise CheckpointError(f"layer pattern {cfg.pattern!r} is not a {kind} stack "
+                              f"({km.pattern!r} repeated), which HF {arch} needs")
     rules = list(km.globals)
     for i in range(len(cfg.blocks) // 2):
         hf_layer = km.layer.format(i=i)
         for j, group in ((2 * i, km.attention), (2 * i + 1, km.mlp)):
-            rules += [Rule(f"blocks.{j}.{r.ours}", tuple(hf_layer + h for h in r.hf), r.transpose) for r in group]
+            for r in group:
+                for e in range(cfg.n_experts) if "{e}" in r.ours else (None,):
+                    rules.append(Rule(f"blocks.{j}.{r.ours}".format(e=e),
+                                      tuple((hf_layer + h).format(e=e) for h in r.hf), r.transpose))
     return rules
 
 
 def _split_sizes(rule: Rule, cfg: ModelConfig) -> list[int]:
     if "wqkv" in rule.ours:
         return [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]
-    return [cfg.d_ff] * len(rule.hf)  # GLU [gate; up]
+    return [cfg.moe_d_ff if ".experts." in rule.ours else cfg.d_ff] * len(rule.hf)  # GLU [gate; up]
 
 
 def _with_prefix(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """Checkpoints of the bare base model (GPT2Model, LlamaModel) have keys without its prefix."""
+    if arch in hf_hybrid.ARCHS:  # `backbone.` or `model.`, whichever the checkpoint used
+        return hf_hybrid.canonical_keys(sd, arch)
     prefix = KEY_MAPS[arch].prefix
     if any(k.startswith(prefix) for k in sd):
         return sd
@@ -157,7 +187,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str)
         except RuntimeError:
             shapes = [tuple(p.shape) for p in parts]
             raise CheckpointError(f"cannot fuse {list(rule.hf)}: incompatible shapes {shapes}") from None
-    ignored = KEY_MAPS[arch].ignored
+    ignored = KEY_MAPS[arch].ignored if arch in KEY_MAPS else ()
     extra = sorted(k for k in remaining if not k.endswith(ignored))
     if extra:
         raise CheckpointError(f"unexpected tensors for HF {arch} with this config: {_few(extra)}")
@@ -252,8 +282,8 @@ def _rope_to_hf(cfg: ModelConfig) -> dict:
 
 
 def _window_from_hf(hf: dict, arch: str, n_layers: int) -> int | None:
-    """Mistral slides on every layer; Qwen2/3 only with use_sliding_window, on the layers it names."""
-    if arch == "mistral":
+    """Mistral and Mixtral slide on every layer; Qwen2/3 only with use_sliding_window, on the layers it names."""
+    if arch in ("mistral", "mixtral"):
         return hf.get("sliding_window")
     if arch not in ("qwen2", "qwen3") or not hf.get("use_sliding_window") or hf.get("sliding_window") is None:
         return None
@@ -306,10 +336,23 @@ def _gpt2_from_hf(hf: dict) -> dict:
     )
 
 
+def _mixtral_moe_from_hf(hf: dict) -> dict:
+    # Mixtral's router: softmax over all experts, top-k, renormalised; no capacity limit. Its
+    # router_jitter_noise only perturbs training inputs and is not carried over.
+    return dict(n_experts=_req(hf, "num_local_experts"), n_experts_per_token=_req(hf, "num_experts_per_tok"),
+                moe_d_ff=_req(hf, "intermediate_size"), moe_router="softmax", moe_renormalize=True,
+                moe_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
+
+
 def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
     """A parsed HF config.json -> (our config, arch name in ARCHS)."""
     arch = detect_arch(hf)
-    fields = _gpt2_from_hf(hf) if arch == "gpt2" else _llama_family_from_hf(hf, arch)
+    if arch in hf_hybrid.ARCHS:
+        fields = hf_hybrid.config_fields(hf, arch)
+    else:
+        fields = _gpt2_from_hf(hf) if arch == "gpt2" else _llama_family_from_hf(hf, arch)
+    if arch == "mixtral":
+        fields.update(_mixtral_moe_from_hf(hf))
     fields.update(vocab_size=_req(hf, "vocab_size"), bos_token_id=_first_id(hf.get("bos_token_id")),
                   eos_token_id=_first_id(hf.get("eos_token_id")))
     try:
@@ -320,8 +363,12 @@ def config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
 
 def _problems(cfg: ModelConfig, arch: str) -> list[str]:
     """Why `cfg` cannot be written as HF `arch` (empty when it can)."""
+    if arch in hf_hybrid.ARCHS:
+        return hf_hybrid.problems(cfg, arch)
     p = []
-    if cfg.pattern != "*-" * (len(cfg.blocks) // 2):
+    if arch == "mixtral" and cfg.pattern != "*E" * (len(cfg.blocks) // 2):
+        p.append(f"layer pattern {cfg.pattern!r} is not an attention+MoE stack ('*E' repeated)")
+    elif arch != "mixtral" and cfg.pattern != "*-" * (len(cfg.blocks) // 2):
         p.append(f"layer pattern {cfg.pattern!r} is not a dense attention+MLP stack")
     if cfg.norm_position != "pre":
         p.append("post-norm blocks")
@@ -334,7 +381,10 @@ def _problems(cfg: ModelConfig, arch: str) -> list[str]:
         want.update({"llama": dict(attn_out_bias=cfg.qkv_bias, qk_norm=False, sliding_window=None),
                      "mistral": dict(qkv_bias=False, attn_out_bias=False, mlp_bias=False, qk_norm=False),
                      "qwen2": dict(qkv_bias=True, attn_out_bias=False, mlp_bias=False, qk_norm=False),
-                     "qwen3": dict(attn_out_bias=cfg.qkv_bias, mlp_bias=False, qk_norm=True)}[arch])
+                     "qwen3": dict(attn_out_bias=cfg.qkv_bias, mlp_bias=False, qk_norm=True),
+                     "mixtral": dict(qkv_bias=False, attn_out_bias=False, mlp_bias=False, qk_norm=False,
+                                     moe_router="softmax", moe_renormalize=True, moe_shared_expert_d_ff=0,
+                                     moe_capacity_factor=0.0)}[arch])
         mlps = _GLU_ACTS_OUT
     p += [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
     if cfg.mlp not in mlps:
@@ -344,7 +394,11 @@ def _problems(cfg: ModelConfig, arch: str) -> list[str]:
 
 def hf_arch_for(cfg: ModelConfig) -> str:
     """The HF architecture a config is naturally saved as; CheckpointError if none can express it."""
-    if cfg.position == "learned" and cfg.norm == "layernorm":
+    if "mamba" in cfg.blocks:
+        arch = hf_hybrid.arch_for(cfg)
+    elif "moe" in cfg.blocks:
+        arch = "mixtral"
+    elif cfg.position == "learned" and cfg.norm == "layernorm":
         arch = "gpt2"
     elif cfg.qk_norm:
         arch = "qwen3"
@@ -370,6 +424,9 @@ def config_to_hf(cfg: ModelConfig, arch: str, dtype: torch.dtype = torch.float32
     out = {"architectures": [_HF_CLASSES[arch]], "model_type": arch, "dtype": str(dtype).removeprefix("torch."),
            "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
            "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
+    if arch in hf_hybrid.ARCHS:
+        out.update(hf_hybrid.config_to_hf(cfg, arch))
+        return out
     if arch == "gpt2":
         out.update(n_embd=cfg.d_model, n_layer=n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
                    n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
@@ -384,8 +441,12 @@ def config_to_hf(cfg: ModelConfig, arch: str, dtype: torch.dtype = torch.float32
         out["attention_bias"] = cfg.qkv_bias
     if arch == "llama":
         out["mlp_bias"] = cfg.mlp_bias
-    if arch == "mistral":
+    if arch in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window
+    if arch == "mixtral":  # a Mixtral has no dense MLP: its intermediate_size is the experts' width
+        out.update(intermediate_size=cfg.moe_d_ff, num_local_experts=cfg.n_experts,
+                   num_experts_per_tok=cfg.n_experts_per_token, router_aux_loss_coef=cfg.moe_aux_loss_coef,
+                   router_jitter_noise=0.0, output_router_logits=False)
     if arch in ("qwen2", "qwen3"):
         sliding = cfg.sliding_window is not None
         out.update(use_sliding_window=sliding, sliding_window=cfg.sliding_window,

@@ -178,6 +178,7 @@ def cmd_info(args) -> int:
         "d_model": cfg.d_model, "heads": cfg.n_heads, "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len, "weight_bytes": mem.weight_bytes,
         "kv_bytes_per_token": mem.kv_bytes_per_token, "kv_bytes_at_context": mem.kv_bytes_at_context,
+        "mamba_layers": cfg.n_mamba_layers, "mamba_state_bytes": cfg.mamba_state_bytes(nbytes),
         "config": cfg.to_dict(),
     }
     if args.json:
@@ -193,6 +194,10 @@ def cmd_info(args) -> int:
     print(f"weights         {mem.weight_bytes / mib:,.1f} MiB")
     print(f"KV cache        {mem.kv_bytes_per_token / 1024:,.1f} KiB per token, "
           f"{mem.kv_bytes_at_context / mib:,.1f} MiB at the full context of {cfg.max_seq_len} tokens (batch 1)")
+    if cfg.n_mamba_layers:
+        print(f"Mamba state     {cfg.mamba_state_bytes(nbytes) / mib:,.2f} MiB per sequence at any length "
+              f"({cfg.n_mamba_layers} layers of {cfg.mamba_n_heads} heads x {cfg.mamba_head_dim}, "
+              f"state {cfg.d_state})")
     return 0
 
 

@@ -8,7 +8,9 @@ from torch import nn
 from ..cache import Cache, CacheStep
 from ..config import ConfigError, ModelConfig
 from ..nn.attention import AttentionInputs, Attention, alibi_bias, allowed_keys
+from ..nn.mamba2 import Mamba2
 from ..nn.mlp import MLP
+from ..nn.moe import MoE, MoEStats
 from ..nn.norms import make_norm
 from ..nn.positions import alibi_slopes, rope_cos_sin, rope_inv_freq, sinusoidal_embedding
 
@@ -23,15 +25,28 @@ class Block(nn.Module):
             self.mixer = Attention(cfg)
         elif kind == "mlp":
             self.mixer = MLP(cfg)
+        elif kind == "moe":
+            self.mixer = MoE(cfg)
+        elif kind == "mamba":
+            self.mixer = Mamba2(cfg)
         else:
             raise ConfigError(f"block kind {kind!r} is not available in this build of hybridlm")
         self.norm = make_norm(cfg)
         self.post_norm = cfg.norm_position == "post"
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, inputs: AttentionInputs, slot) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, slot, token_mask: torch.Tensor | None = None,
+                moe_stats: MoEStats | None = None) -> torch.Tensor:
         h = x if self.post_norm else self.norm(x)
-        h = self.mixer(h, inputs, slot) if self.kind == "attention" else self.mixer(h)
+        if self.kind == "attention":
+            h = self.mixer(h, inputs, slot)
+        elif self.kind == "moe":  # padding takes no expert capacity; utilisation goes to moe_stats
+            h = self.mixer(h, token_mask, moe_stats)
+        elif self.kind == "mamba":  # decode from the slot's state, or prefill (padding kept out of it)
+            one = slot is not None and h.shape[1] == 1 and token_mask is None
+            h = self.mixer.step(h, slot) if one else self.mixer(h, slot, token_mask)
+        else:
+            h = self.mixer(h)
         x = x + self.dropout(h)
         return self.norm(x) if self.post_norm else x
 
@@ -101,10 +116,12 @@ class Decoder(nn.Module):
         return Cache(self.config, batch_size, dtype=self.dtype, device=self.device, **kwargs)
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
-                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, last_only: bool = False,
+                moe_stats: MoEStats | None = None) -> torch.Tensor:
         """input_ids (B, T) int64 -> logits (B, T, V), or (B, 1, V) with last_only.
 
         cache: appended to in place. attention_mask (B, T): 1 for real tokens, 0 for (left) padding.
+        moe_stats: if given, each MoE block appends its expert utilisation and load-balancing loss.
         """
         b, t = input_ids.shape
         if cache is None:
@@ -119,8 +136,9 @@ class Decoder(nn.Module):
         x = self.embed_dropout(x)
         inputs = self._attention_inputs(step, x.dtype)
         slots = cache.slots if cache is not None else [None] * len(self.blocks)
+        token_mask = None if attention_mask is None else step.q_pos >= 0
         for block, slot in zip(self.blocks, slots):
-            x = block(x, inputs, slot)
+            x = block(x, inputs, slot, token_mask, moe_stats)
         if cache is not None:
             cache.commit(step)
         if last_only:

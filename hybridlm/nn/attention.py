@@ -26,7 +26,7 @@ class AttentionInputs:
     mask: None, a bool tensor (B, 1, T, S) where True = may attend, or an additive float tensor
         (B, H, T, S) when ALiBi biases are folded in.
     is_causal: the mask is plain causal over T == S keys (lets SDPA skip materialising it).
-    cos, sin: RoPE tables (B, 1, T, D), or None for other position schemes.
+    cos, sin: RoPE tables (B, T, 1, D) from `rope_cos_sin`, or None for other position schemes.
     """
 
     mask: torch.Tensor | None
@@ -104,13 +104,13 @@ class Attention(nn.Module):
         """x (B, T, d_model) -> (B, T, d_model). `slot` (a cache slot) is appended to in place."""
         b, t, _ = x.shape
         h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split((h * d, h_kv * d, h_kv * d), dim=-1)
-        q, k, v = q.view(b, t, h, d), k.view(b, t, h_kv, d), v.view(b, t, h_kv, d)
+        qk, v = self.wqkv(x).view(b, t, h + 2 * h_kv, d).split((h + h_kv, h_kv), dim=2)  # (B, T, H*, D)
         if self.q_norm is not None:  # Qwen3 normalises each head before RoPE
-            q, k = self.q_norm(q), self.k_norm(k)
+            qk = torch.cat((self.q_norm(qk[:, :, :h]), self.k_norm(qk[:, :, h:])), dim=2)
+        if inputs.cos is not None:  # q and k rotate as one tensor: half the small ops of a decode step
+            qk = apply_rope(qk, inputs.cos, inputs.sin)
+        q, k = qk.split((h, h_kv), dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if inputs.cos is not None:
-            q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         if slot is not None:
             k, v = slot.update(k, v)  # (B, H_kv, S, D): everything this step attends over
         p = self.dropout if self.training else 0.0

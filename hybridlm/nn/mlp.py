@@ -26,14 +26,15 @@ def is_glu(kind: str) -> bool:
 class MLP(nn.Module):
     """MLP: down(act(up(x))).  GLU: down(act(gate(x)) * up(x)), gate and up fused in one matmul."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, d_ff: int | None = None):
+        """d_ff: hidden width when not cfg.d_ff (MoE experts and shared experts have their own)."""
         super().__init__()
         self.kind = cfg.mlp
-        self.d_ff = cfg.d_ff
-        width = 2 * cfg.d_ff if is_glu(cfg.mlp) else cfg.d_ff
+        self.d_ff = d_ff = d_ff or cfg.d_ff
+        width = 2 * d_ff if is_glu(cfg.mlp) else d_ff
         # for GLU the fused weight holds [gate; up] along the output dimension
         self.w_in = nn.Linear(cfg.d_model, width, bias=cfg.mlp_bias)
-        self.w_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        self.w_out = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

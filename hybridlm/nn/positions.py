@@ -38,17 +38,33 @@ def _llama3_scaling(inv_freq: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """cos and sin of position * theta, duplicated to the full head width. positions (B, T) -> (B, 1, T, D)."""
+    """The tables `apply_rope` takes. positions (B, T) -> cos, sin (B, T, 1, D), broadcasting over heads.
+
+    cos = (cos, cos) of position * theta; sin = (-sin, sin): the rotation's sign is folded in.
+    """
     freqs = positions.float()[..., None] * inv_freq  # (B, T, D/2), float32 for long contexts
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1).to(dtype)[:, :, None], torch.cat((-sin, sin), dim=-1).to(dtype)[:, :, None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_{i+D/2}) by the position angle (the 'rotate half' layout HF uses). x (B, H, T, D)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """Rotate pairs (x_i, x_{i+D/2}) by the position angle (the 'rotate half' layout HF uses).
+
+    x (B, T, H, D); cos, sin from `rope_cos_sin`. A roll and a multiply-add instead of slicing,
+    negating and concatenating: a decode step is dominated by such per-op costs, not arithmetic.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+def apply_rope_ref(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE as in the paper (Su et al. 2021, eq. 34), pairing x_i with x_{i+D/2}, in float32.
+
+    x (B, T, H, D), positions (B, T), inv_freq (D/2,) -> (B, T, H, D) in x's dtype.
+    """
+    angle = positions.float()[..., None, None] * inv_freq  # (B, T, 1, D/2)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = (x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos())
+    return torch.cat(rotated, dim=-1).to(x.dtype)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

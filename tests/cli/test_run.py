@@ -149,3 +149,45 @@ def test_top_level_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("generate", "chat", "info", "convert"):
         assert command in out
+
+
+def test_generate_and_info_on_a_hybrid_checkpoint(capsys, tmp_path):
+    """A transformers NemotronH directory with a tokenizer.json: `generate` continues it greedily as
+    transformers does, and `info` describes its Mamba layers."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.decoder = decoders.Fuse()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    torch.manual_seed(0)
+    config = transformers.NemotronHConfig(
+        vocab_size=160, hidden_size=64, layers_block_type=["mamba", "mlp", "attention", "mlp"],
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96, mamba_num_heads=8,
+        mamba_head_dim=16, ssm_state_size=16, n_groups=2, chunk_size=8, initializer_range=0.2, bos_token_id=1,
+        eos_token_id=2)
+    hf_model = transformers.NemotronHForCausalLM(config).eval()
+    hf_model.save_pretrained(tmp_path)
+
+    code, out, err = run(capsys, "generate", str(tmp_path), "hi", "--temperature", "0", "--max-new-tokens", "5")
+    assert code == 0 and "decode" in err
+    code, out, _ = run(capsys, "generate", str(tmp_path), "hi", "--temperature", "0", "--max-new-tokens", "5",
+                       "--ignore-eos", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["prompt_token_ids"] == [vocab["h"], vocab["i"]]
+    prompt = torch.tensor([result["prompt_token_ids"]])
+    with torch.no_grad():
+        want = hf_model.generate(prompt, do_sample=False, max_new_tokens=5, min_new_tokens=5, pad_token_id=0,
+                                 attention_mask=torch.ones_like(prompt))[0, 2:].tolist()
+    assert result["token_ids"] == want
+
+    code, out, _ = run(capsys, "info", str(tmp_path), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["layer_pattern"] == "M-*-" and info["mamba_layers"] == 1
+    assert info["mamba_state_bytes"] == (128 + 2 * 2 * 16) * 3 * 4 + 8 * 16 * 16 * 4
+    code, out, _ = run(capsys, "info", str(tmp_path))
+    assert code == 0 and "Mamba state" in out

@@ -27,10 +27,13 @@ CASES = [
     ("llama-tiny", dict(position="alibi"), dict(kind="static")),
     ("llama-tiny", dict(position="sinusoidal"), dict(kind="dynamic")),
     ("llama-tiny", dict(position="sinusoidal"), dict(kind="static")),
+    # hybrid: Mamba-2 state slots beside NoPE attention; padding must stay out of the conv and SSM state
+    ("nemotron-h-tiny", {}, dict(kind="dynamic")),
+    ("nemotron-h-tiny", {}, dict(kind="static")),
 ]
 
 # the layouts with the most bookkeeping, again in float64 with peaked weights
-CASES_F64 = [CASES[2], CASES[3], CASES[7], CASES[10], CASES[11]]
+CASES_F64 = [CASES[2], CASES[3], CASES[7], CASES[10], CASES[11], ("nemotron-h-tiny", {}, dict(kind="static"))]
 
 
 def case_id(case):

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from hybridlm.config import ConfigError
 from hybridlm.models.decoder import Decoder
 from hybridlm.presets import get_preset
 
@@ -64,9 +63,14 @@ def test_tied_embeddings_share_one_tensor():
     assert model.lm_head.weight is model.embed.weight
 
 
-def test_block_kinds_not_built_here_fail_clearly():
-    with pytest.raises(ConfigError, match="mamba"):
-        Decoder(get_preset("llama-tiny", layer_pattern="M-"))
+def test_the_pattern_builds_one_mixer_per_symbol():
+    from hybridlm.nn.mamba2 import Mamba2
+
+    model = Decoder(get_preset("nemotron-h-tiny"))
+    kinds = {"M": Mamba2, "*": "Attention", "-": "MLP"}
+    for symbol, block in zip(model.config.pattern, model.blocks):
+        want = kinds[symbol]
+        assert type(block.mixer) is want if isinstance(want, type) else type(block.mixer).__name__ == want
 
 
 def test_backward_reaches_every_parameter():

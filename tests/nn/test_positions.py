@@ -3,7 +3,8 @@ import math
 import torch
 
 from hybridlm.config import ModelConfig
-from hybridlm.nn.positions import alibi_slopes, apply_rope, rope_cos_sin, rope_inv_freq, sinusoidal_embedding
+from hybridlm.nn.positions import (alibi_slopes, apply_rope, apply_rope_ref, rope_cos_sin, rope_inv_freq,
+                                   sinusoidal_embedding)
 
 
 def test_alibi_slopes_match_the_paper():
@@ -29,6 +30,14 @@ def test_rope_preserves_norms_and_relative_positions():
     a = (rotated(q, 10) * rotated(k, 4)).sum()
     b = (rotated(q, 106) * rotated(k, 100)).sum()
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_matches_the_paper_formula():
+    inv = rope_inv_freq(ModelConfig(d_model=64, n_heads=4))
+    x = torch.randn(2, 5, 3, 16)  # (B, T, H, D)
+    pos = torch.tensor([[0, 1, 2, 3, 4], [9, 100, 1000, 5000, 20000]])
+    cos, sin = rope_cos_sin(inv, pos, torch.float32)
+    torch.testing.assert_close(apply_rope(x, cos, sin), apply_rope_ref(x, pos, inv))
 
 
 def test_linear_scaling_divides_frequencies():

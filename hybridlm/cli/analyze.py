@@ -1,0 +1,79 @@
+"""`analyze` and `compare`: a model's costs predicted from its config, and two models measured."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+_DTYPES = ["float32", "bfloat16", "float16", "float8"]
+
+
+def cmd_analyze(args) -> int:
+    from ..analysis.summary import analyze, format_analysis
+    from ..checkpoints.registry import describe_source
+
+    cfg, source = describe_source(args.model)
+    result = analyze(cfg, args.context, args.batch, args.dtype)
+    if args.json:
+        print(json.dumps({"model": args.model, "source": source, **result.as_dict()}))
+    else:
+        print(format_analysis(f"{args.model} ({source})", result))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..analysis.compare import CompareConfig, markdown_table, parse_contexts, run_compare, write_report
+
+    cc = CompareConfig(models=(args.model_a, args.model_b), contexts=parse_contexts(args.contexts),
+                       decode_tokens=args.decode_tokens, prefill_chunk=args.prefill_chunk, batch=args.batch,
+                       linear=args.linear, threads=args.threads or None, seed=args.seed)
+    result = run_compare(cc, progress=not args.no_progress)
+    paths = write_report(result, args.out)
+    print(markdown_table(result))
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    """Add this module's subcommands to the `hybridlm` parser."""
+    p = sub.add_parser(
+        "analyze", help="predicted parameters, FLOPs per token and cache bytes of a model or preset",
+        description="Predict a model's costs from its config alone (nothing is built or loaded): parameters "
+                    "(total, and active per token for MoE), weight bytes, FLOPs per token for prefill and for "
+                    "decode at --context (attention's quadratic term, Mamba's SSD scan and conv, the active "
+                    "experts), and cache bytes (KV for attention layers, a constant conv + SSM state for "
+                    "Mamba layers) per token and at --context x --batch. Tests hold these against the real "
+                    "modules, caches and torch's flop counter.")
+    p.add_argument("model", help="preset name, registry name, .gguf file or HF checkpoint directory")
+    p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: the model's max_seq_len)")
+    p.add_argument("--batch", type=int, default=1, help="sequences held in the cache (default 1)")
+    p.add_argument("--dtype", default="bfloat16", choices=_DTYPES,
+                   help="weights and KV cache; the SSM state stays float32 (default bfloat16)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (params_total, params_active, "
+                   "weight_bytes, flops_per_token_prefill, flops_per_token_decode, cache_bytes_per_token, "
+                   "cache_bytes_at_context, ...)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "compare", help="measure two models' prefill, decode latency and cache memory across context lengths",
+        description="Build two models with random weights (float32, CPU) and measure, context by context: "
+                    "prefill time, decode latency per token and the bytes of the cache tensors, beside the "
+                    "analysis model's predictions. Writes compare.md, compare.json and PNG plots into --out "
+                    "and prints the Markdown table. Try: hybridlm compare compare-transformer compare-hybrid.")
+    p.add_argument("model_a", help="preset (or registry name, .gguf, HF directory: its config only)")
+    p.add_argument("model_b", help="the model to compare it with")
+    p.add_argument("--contexts", default="1k,4k,16k",
+                   help="comma-separated context lengths, k = 1024 (default 1k,4k,16k)")
+    p.add_argument("--decode-tokens", type=int, default=8,
+                   help="timed decode steps per context; the median is reported (default 8)")
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="tokens per prefill forward (default 2048)")
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    p.add_argument("--out", default="compare-out",
+                   help="directory for compare.md, compare.json and the plots (default compare-out)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: steady latencies on a shared machine; 0 = torch's choice)")
+    p.add_argument("--linear", default="auto", choices=["auto", "packed", "ref"],
+                   help="packed = oneDNN-reordered weights (fast on CPU), ref = nn.Linear (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="random weights and token ids (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,118 @@
+"""`TrainConfig`: everything a pre-training run needs besides the model shape and the data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class TrainConfigError(ValueError):
+    """Training settings that cannot describe a working run."""
+
+
+@dataclass
+class TrainConfig:
+    # what to train, on what, where
+    preset: str  # model shape: a name in hybridlm.presets.PRESETS
+    data_dir: str  # a prepared dataset (hybridlm.data.shards format) with train and val splits
+    out_dir: str  # run directory: log.jsonl, loss.png, checkpoints/, model/ (HF export)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields replacing the preset's
+    vocab_from_data: bool = True  # set the model's vocab_size to the dataset's (a preset is a shape)
+
+    # length and batch
+    max_steps: int = 1000  # optimizer steps; the LR schedule ends here
+    seq_len: int = 256  # tokens per training sequence (targets are the next tokens)
+    micro_batch_size: int = 8  # sequences per forward/backward on each rank
+    global_batch_size: int | None = None  # sequences per optimizer step over all ranks; None = micro x ranks
+    global_batch_tokens: int | None = None  # the global batch in tokens (a multiple of seq_len), instead of sequences
+
+    # optimizer and schedule
+    lr: float = 3e-4  # peak learning rate, reached at the end of warm-up
+    min_lr_ratio: float = 0.1  # the cosine decays to lr x this at max_steps
+    warmup_steps: int = 100  # linear warm-up from 0 over this many steps
+    weight_decay: float = 0.1  # AdamW decoupled decay on matrices only (not norms, biases, embeddings)
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
+    grad_clip: float = 1.0  # max global L2 norm of the gradient; 0 = no clipping
+
+    # numerics and memory
+    precision: str = "auto"  # auto (bf16 on CUDA or native-bf16 CPUs, else fp32) | fp32 | bf16 | fp16 (CUDA)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    dropout: float | None = None  # replaces the model's dropout when set
+    label_smoothing: float = 0.0  # cross-entropy label smoothing for the training loss (not validation)
+
+    # evaluation, logging, checkpoints
+    eval_every: int = 100  # validate every this many steps (and at the end); 0 = only at the end
+    eval_sequences: int = 64  # validation sequences (of seq_len) per evaluation, split over ranks
+    save_every: int = 500  # checkpoint every this many steps (and at the end); 0 = only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk; older ones are deleted
+    export_hf: bool = True  # at the end, write RUN_DIR/model as an HF checkpoint when the arch allows
+    plot: bool = True  # write RUN_DIR/loss.png at each checkpoint and at the end
+    progress: bool = True  # tqdm progress bar on stderr (rank 0)
+    peak_flops: float | None = None  # FLOP/s of one device for MFU; None = measured with a matmul
+
+    # where and how to stop
+    seed: int = 0  # model init, data order and dropout all derive from it
+    resume: bool = False  # continue from the newest checkpoint in out_dir/checkpoints (none: start fresh)
+    stop_at_step: int | None = None  # end this invocation after this step (checkpointed), as a pre-empted job
+    max_time_s: float | None = None  # end this invocation after this many seconds of training (checkpointed)
+    device: str = "auto"  # cpu, cuda, cuda:N or auto; under torchrun CUDA ranks use cuda:LOCAL_RANK
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state with FSDP2 (else DDP)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_steps > 0, "max_steps must be positive"),
+            (self.seq_len > 0 and self.micro_batch_size > 0, "seq_len and micro_batch_size must be positive"),
+            (self.global_batch_size is None or self.global_batch_tokens is None,
+             "give global_batch_size (sequences) or global_batch_tokens, not both"),
+            (self.global_batch_tokens is None or self.global_batch_tokens % self.seq_len == 0,
+             f"global_batch_tokens must be a multiple of seq_len {self.seq_len}"),
+            (self.lr > 0 and 0.0 <= self.min_lr_ratio <= 1.0, "lr must be positive and min_lr_ratio in [0, 1]"),
+            (self.warmup_steps >= 0 and self.weight_decay >= 0 and self.grad_clip >= 0,
+             "warmup_steps, weight_decay and grad_clip must be non-negative"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be non-negative"),
+            (self.eval_sequences >= 0, "eval_sequences must be non-negative"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
+            (self.peak_flops is None or self.peak_flops > 0, "peak_flops must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainConfigError(message)
+
+    def global_batch(self, world_size: int) -> int:
+        """Sequences per optimizer step over all ranks."""
+        if self.global_batch_tokens is not None:
+            return self.global_batch_tokens // self.seq_len
+        return self.global_batch_size or self.micro_batch_size * world_size
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches each rank runs per optimizer step; the global batch must split evenly."""
+        per_step = self.micro_batch_size * world_size
+        total = self.global_batch(world_size)
+        if total % per_step:
+            raise TrainConfigError(f"global batch of {total} sequences is not a multiple of micro_batch_size "
+                                   f"{self.micro_batch_size} x {world_size} ranks")
+        return total // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainConfigError(f"unknown TrainConfig fields {unknown}")
+        return cls(**data)
