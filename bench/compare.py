@@ -38,7 +38,9 @@ def main() -> None:
         ratios = {str(n): {"cache": result.point(a, n).cache_bytes / result.point(b, n).cache_bytes,
                            "decode_ms": result.point(a, n).decode_ms / result.point(b, n).decode_ms}
                   for n in cc.contexts}
-    emit_json({"benchmark": "compare", **environment(), **result.as_dict(), "ratios": ratios})
+    # the threads of the run (run_compare restores torch's own setting afterwards)
+    emit_json({"benchmark": "compare", **environment(), "torch_threads": result.machine.threads,
+               **result.as_dict(), "ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def format_analysis(name: str, a: ModelAnalysis) -> str:
         f"model             {name}",
         f"layer pattern     {a.layer_pattern}",
         f"                  {n_blocks} blocks: {a.attention_layers} attention, {a.mamba_layers} Mamba-2, "
-        f"{n_blocks - a.attention_layers - a.mamba_layers} MLP/MoE",
+        f"{a.layer_pattern.count('-')} MLP, {a.layer_pattern.count('E')} MoE",
         f"parameters        {a.params_total:,} ({_count(a.params_total)})"
         + (f", active per token {a.params_active:,} ({_count(a.params_active)})"
            if a.params_active != a.params_total else ""),
