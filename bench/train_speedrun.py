@@ -13,8 +13,10 @@ parameters are the embedding, reported apart):
 
 Data: the default corpus (pydoc topics + the standard library's .py files) through `hybridlm data
 prepare --default`, with a byte-level BPE of 8192 tokens trained on that corpus; built once into
---work and reused. Each model's step count is planned from a 3-step throughput probe (not counted
-in the budget) so its cosine schedule ends on time; `max_time_s` stops it at the budget regardless.
+--work and reused. The models take turns, one optimizer step each, every model's clock counting its
+own steps only, so load from elsewhere on the machine slows all of them alike; each model's cosine
+schedule is re-planned every step to end with its budget. Validation (128 sequences of 256) at the
+end is not counted in the budget. Add `llama-alibi` to --models for the ablation in the README.
 
 Prints a table and, last, one JSON line (bench/common.py).
 """
@@ -22,9 +24,7 @@ Prints a table and, last, one JSON line (bench/common.py).
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +37,9 @@ SHAPES = {
     "gpt2": ("gpt2-tiny", dict(d_model=256, n_layers=10, n_heads=4, d_ff=1024)),
     "llama": ("llama-tiny", dict(d_model=256, n_layers=10, n_heads=4, n_kv_heads=2, d_ff=768, tie_embeddings=True,
                                  rope_theta=10000.0)),
+    # ablation: the modern recipe with ALiBi's recency bias instead of RoPE (not run by default)
+    "llama-alibi": ("llama-tiny", dict(d_model=256, n_layers=10, n_heads=4, n_kv_heads=2, d_ff=768,
+                                       tie_embeddings=True, position="alibi")),
     "hybrid": ("nemotron-h-tiny", dict(d_model=256, layer_pattern="M-M-M*-M-M-M*-M-M-", n_heads=4, n_kv_heads=2,
                                        head_dim=64, d_ff=1024, mamba_n_heads=8, mamba_head_dim=64, d_state=64,
                                        mamba_n_groups=1, mamba_chunk_size=64, tie_embeddings=True)),
@@ -93,46 +96,73 @@ def _config(name: str, data: Path, out: Path, args, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def probe_step_seconds(name: str, data: Path, args) -> float:
-    """Median seconds of optimizer steps 2 and 3 of a throw-away run."""
+def train_round_robin(names: list[str], data: Path, args, out_root: Path) -> list[dict]:
+    """Train every model for `args.minutes` of its own step time, one optimizer step each in turn.
+
+    Taking turns makes the comparison fair on a shared machine: a burst of load elsewhere slows
+    every model alike instead of whichever ran at that moment. Each model's cosine schedule is
+    re-planned before every step to end when its budget does (steps left = time left / mean step
+    time so far), so a model that runs faster gets more steps, as a fixed wall-clock budget means.
+    """
     from hybridlm.train.distributed import setup
+    from hybridlm.train.metrics import plot_losses
     from hybridlm.train.trainer import Trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(_config(name, data, Path(tmp) / "probe", args, max_steps=3, warmup_steps=1,
-                                  peak_flops=1.0), setup("cpu"))
-        times = [trainer.train_step()["step_s"] for _ in range(3)]
-    return sorted(times[1:])[0]
-
-
-def run_one(name: str, data: Path, args, out_root: Path) -> dict:
-    from hybridlm.train import read_log, train
-
-    preset, shape = SHAPES[name]
     budget = args.minutes * 60
-    step_s = probe_step_seconds(name, data, args)
-    steps = max(10, int(budget / step_s))
-    progress(f"{name}: ~{step_s:.2f} s per step -> planning {steps} steps in {args.minutes:g} min")
-    cfg = _config(name, data, out_root / name, args, max_steps=steps, warmup_steps=max(1, steps // 10),
-                  max_time_s=budget)
-    result = train(cfg)
-    embedding = VOCAB * shape["d_model"]
-    vals = [e for e in read_log(result.run_dir) if e["type"] == "val"]
-    return {"model": name, "params_M": result.params / 1e6, "non_embedding_M": (result.params - embedding) / 1e6,
-            "steps": result.step, "planned_steps": steps, "tokens": result.tokens,
-            "tokens_per_s": result.tokens_per_s, "val_loss": result.val_loss,
-            "val_ppl": math.exp(result.val_loss) if result.val_loss is not None else None, "mfu": result.mfu,
-            "train_loss": result.train_loss, "wall_s": result.elapsed_s, "finished_schedule": result.finished,
-            "val_steps": [v["step"] for v in vals], "preset": preset, "overrides": shape}
+    ctx = setup("cpu")
+    trainers = {n: Trainer(_config(n, data, out_root / n, args, max_steps=10**6, warmup_steps=args.warmup,
+                                   peak_flops=1.0), ctx) for n in names}
+    clock = {n: 0.0 for n in names}
+    first_step: dict[str, float] = {}  # seconds of each model's first step
+    active = list(names)
+    while active:
+        for name in list(active):
+            trainer = trainers[name]
+            if clock[name] >= budget:
+                active.remove(name)
+                continue
+            if trainer.step >= 2:  # the first step pays for warm-up: plan from the later ones
+                mean = (clock[name] - first_step[name]) / (trainer.step - 1)
+                trainer.cfg.max_steps = max(trainer.step + 1, trainer.step + int((budget - clock[name]) / mean))
+            start = time.perf_counter()
+            entry = trainer.train_step()
+            clock[name] += time.perf_counter() - start
+            if trainer.step == 1:
+                first_step[name] = clock[name]
+            trainer.log.write({**entry, "elapsed_s": clock[name]})
+        if active:
+            progress("  ".join(f"{n}: step {trainers[n].step}, {clock[n]:.0f}/{budget:.0f} s, loss "
+                               f"{trainers[n].log.entries()[-1]['loss']:.3f}" for n in active))
+    rows = []
+    for name in names:
+        trainer = trainers[name]
+        val = trainer.evaluate()
+        trainer.log.write(val)
+        plot_losses(trainer.log.entries(), trainer.run_dir / "loss.png", title=f"speedrun: {name}")
+        train_entries = [e for e in trainer.log.entries() if e["type"] == "train"]
+        tokens = trainer.samples_seen * args.seq_len
+        steady = sum(e["step_s"] for e in train_entries[1:]) or clock[name]
+        tok_s = (len(train_entries) - 1) * args.batch * args.seq_len / steady if len(train_entries) > 1 else 0.0
+        embedding = VOCAB * SHAPES[name][1]["d_model"]
+        rows.append({"model": name, "params_M": trainer.params / 1e6,
+                     "non_embedding_M": (trainer.params - embedding) / 1e6, "steps": trainer.step, "tokens": tokens,
+                     "tokens_per_s": tok_s, "gflop_per_s": tok_s * trainer.flops_per_token / 1e9,
+                     "val_loss": val["val_loss"], "val_ppl": val["val_ppl"],
+                     "train_loss_last20": sum(e["loss"] for e in train_entries[-20:]) / len(train_entries[-20:]),
+                     "wall_s": clock[name], "preset": SHAPES[name][0], "overrides": SHAPES[name][1]})
+        progress(f"{name}: val loss {val['val_loss']:.4f} after {tokens:,} tokens in {clock[name]:.0f} s")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget per model (default 10)")
-    p.add_argument("--models", default="gpt2,llama,hybrid", help="comma-separated, from: " + ", ".join(SHAPES))
+    p.add_argument("--models", default="gpt2,llama,hybrid",
+                   help="comma-separated, from: " + ", ".join(SHAPES) + " (default gpt2,llama,hybrid)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     p.add_argument("--batch", type=int, default=4, help="sequences per optimizer step (default 4)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for every model (default 2e-3)")
+    p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps (default 20)")
     p.add_argument("--eval-sequences", type=int, default=128, help="validation sequences at the end (default 128)")
     p.add_argument("--seed", type=int, default=0, help="init and data order (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -149,17 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else default_work_dir()
     data = Path(args.data) if args.data else build_dataset(work)
     out_root = work / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    rows, skipped = [], {}
+    skipped = {}
     for name in names:
         why = model_available(name)
         if why:
             skipped[name] = why
             progress(f"{name}: skipped: {why}")
-            continue
-        rows.append(run_one(name, data, args, out_root))
-        progress(f"{name}: val loss {rows[-1]['val_loss']:.4f} after {rows[-1]['tokens']:,} tokens")
-    print_table(rows, ["model", "params_M", "non_embedding_M", "steps", "tokens", "tokens_per_s", "val_loss",
-                       "val_ppl", "mfu"])
+    rows = train_round_robin([n for n in names if n not in skipped], data, args, out_root)
+    print_table(rows, ["model", "params_M", "non_embedding_M", "steps", "tokens", "tokens_per_s", "gflop_per_s",
+                       "val_loss", "val_ppl"])
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")
     emit_json({"bench": "train_speedrun", **environment(), "config": {**vars(args), "vocab_size": VOCAB,

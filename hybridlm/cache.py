@@ -58,6 +58,11 @@ class KVSlot:
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, H_kv, T, D); return the keys and values to attend over (B, H_kv, S, D)."""
+        if self.cache.full_view:
+            # indices as a tensor, not the int cursor: a compiled step is then one graph at every position
+            self.k.index_copy_(2, self.cache.write_index, k)
+            self.v.index_copy_(2, self.cache.write_index, v)
+            return self.k, self.v
         start, t = self.cache.length, k.shape[2]
         if self.cache.window_ring:
             return self._update_ring(k, v, start)
@@ -65,8 +70,7 @@ class KVSlot:
             self._grow(start + t)
         self.k[:, :, start:start + t] = k
         self.v[:, :, start:start + t] = v
-        end = self.k.shape[2] if self.cache.full_view else start + t
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k[:, :, :start + t], self.v[:, :, :start + t]
 
     def _update_ring(self, k, v, start):
         capacity = self.k.shape[2]
@@ -138,6 +142,7 @@ class Cache:
         else:
             capacity = max_len if kind == "static" else min(max_len or 256, 256)
         self.length = 0  # slots written so far (padding included)
+        self.write_index = torch.zeros(0, dtype=torch.long, device=self.device)  # full_view: slots of this step
         self.has_padding = False
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.key_pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=self.device)
@@ -168,6 +173,8 @@ class Cache:
             if start + n_new > self.key_pos.shape[1]:
                 self._grow_positions(start + n_new)
             self.key_pos[:, start:start + n_new] = q_pos
+            if self.full_view:
+                self.write_index = torch.arange(start, start + n_new, device=self.device)
             end = self.key_pos.shape[1] if self.full_view else start + n_new
             k_pos = self.key_pos[:, :end]
             fits_window = self.window is None or start + n_new <= self.window

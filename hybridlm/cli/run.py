@@ -15,6 +15,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--linear", default="auto", choices=["auto", "packed", "ref"],
                    help="CPU float32 matmuls: packed = oneDNN-reordered weights (fast), ref = nn.Linear")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through one torch.compile graph over a static cache: ~1.4x faster decoding on "
+                        "the CPU; compiling takes ~1 min at start (less once inductor's disk cache is warm) "
+                        "and the weights are held twice (once packed for prefill); ignores --linear")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
@@ -43,6 +47,7 @@ def _load(args):
 
     from ..checkpoints.registry import load_model
     from ..device import resolve_device, resolve_dtype
+    from ..generation.compiled import compile_decoder
     from ..nn.packed_linear import pack_linears
 
     if args.threads is not None:
@@ -53,11 +58,18 @@ def _load(args):
     dtype, warning = resolve_dtype(args.dtype, device)
     if warning:
         _log(f"hybridlm: warning: {warning}")
+    if args.compile and args.cache != "static":
+        raise ValueError("--compile needs the static cache (drop --cache dynamic)")
     loaded = load_model(args.model, dtype=dtype, device=device)
+    loaded.model.eval()
+    if args.compile:
+        _log("hybridlm: compiling the decode step (once per process; inductor caches its kernels on disk)")
+        loaded.model = compile_decoder(loaded.model)
+        _log(f"hybridlm: compiled in {loaded.model.warm_up():.1f} s")
+        return loaded
     start = time.perf_counter()
     pack_linears(loaded.model, args.linear)
     loaded.load_seconds += time.perf_counter() - start
-    loaded.model.eval()
     return loaded
 
 

@@ -78,6 +78,8 @@ def cmd_train(args) -> int:
         print(json.dumps(summary))
     val = "-" if result.val_loss is None else f"{result.val_loss:.4f}"
     where = f"; HF export ({result.exported}) in {result.run_dir / 'model'}" if result.exported else ""
+    if result.finished and args.export_hf and not result.exported:
+        where = f"; no HF export (this config has no HF equivalent): weights in {result.run_dir / 'checkpoints'}"
     print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val}, "
           f"{result.tokens_per_s:.0f} tokens/s, MFU {result.mfu:.1%}; log in {result.run_dir / 'log.jsonl'}{where}",
           file=sys.stderr)

@@ -128,6 +128,20 @@ class Decoder(nn.Module):
             step = positions_without_cache(self.config, b, t, attention_mask, input_ids.device)
         else:
             step = cache.plan(t, attention_mask)
+        token_mask = None if attention_mask is None else step.q_pos >= 0
+        logits = self.forward_planned(input_ids, step, cache, token_mask, last_only, moe_stats)
+        if cache is not None:
+            cache.commit(step)
+        return logits
+
+    def forward_planned(self, input_ids: torch.Tensor, step: CacheStep, cache: Cache | None = None,
+                        token_mask: torch.Tensor | None = None, last_only: bool = False,
+                        moe_stats: MoEStats | None = None) -> torch.Tensor:
+        """`forward` once the cache has planned the step: writes the cache slots, does not advance it.
+
+        The part of a forward with no Python-int bookkeeping, so `torch.compile` can trace it as one
+        graph (generation/compiled.py). token_mask (B, T): True for real tokens, None if all are.
+        """
         x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(step.q_pos.clamp(min=0))
@@ -136,11 +150,8 @@ class Decoder(nn.Module):
         x = self.embed_dropout(x)
         inputs = self._attention_inputs(step, x.dtype)
         slots = cache.slots if cache is not None else [None] * len(self.blocks)
-        token_mask = None if attention_mask is None else step.q_pos >= 0
         for block, slot in zip(self.blocks, slots):
             x = block(x, inputs, slot, token_mask, moe_stats)
-        if cache is not None:
-            cache.commit(step)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.final_norm(x))

@@ -43,7 +43,7 @@ def dataset_tokenizer(data_dir: str | os.PathLike, manifest: dict) -> Tokenizer 
 def export_hf(model: Decoder, out: str | os.PathLike, tokenizer: Tokenizer | None) -> str | None:
     """Write `model` (plain, unwrapped, CPU or not) to `out` as the HF architecture its config maps
     to, with tokenizer files. Returns the architecture, or None (and writes nothing) when the config
-    has no HF equivalent, e.g. hybrid Mamba layers; the training checkpoints still hold the weights."""
+    has no HF equivalent (e.g. ALiBi positions); the training checkpoints still hold the weights."""
     from ..checkpoints.hf import hf_arch_for, save_hf_checkpoint
 
     try:

@@ -53,35 +53,12 @@ def make_hf_model(case: str, seed: int = 0):
     return model
 
 
-def random_ids(seed: int = 1, batch: int = 2, n: int = 24) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def greedy(model: Decoder, ids: torch.Tensor, n_new: int) -> torch.Tensor:
-    """Greedy decoding by full recompute: obviously right, independent of any cache."""
-    for _ in range(n_new):
-        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """case -> (HF model, the directory it was saved to); built once per case."""
-    cache = {}
-
-    def get(case):
-        if case not in cache:
-            model = make_hf_model(case)
-            path = tmp_path_factory.mktemp(case)
-            model.save_pretrained(path, max_shard_size="20KB" if CASES[case][3] else "2GB")
-            cache[case] = model, path
-        return cache[case]
-
-    return get
+def max_shard_size(case: str) -> str:
+    return "20KB" if CASES[case][3] else "2GB"
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_hf_to_ours_logits_and_greedy_match(case, saved):
+def test_hf_to_ours_logits_and_greedy_match(case, saved, random_ids, assert_greedy_matches_hf):
     hf_model, path = saved(case)
     if CASES[case][3]:
         assert (path / "model.safetensors.index.json").is_file()
@@ -93,16 +70,11 @@ def test_hf_to_ours_logits_and_greedy_match(case, saved):
         assert want.abs().max() > 1.0  # the tolerance below is meaningful
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
-        prompt = ids[:1, :8]
-        hf_model.generation_config.eos_token_id = None  # never stop early
-        hf_out = hf_model.generate(prompt, do_sample=False, max_new_tokens=32, min_new_tokens=32,
-                                   pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    assert hf_out.shape[1] == 40
-    assert torch.equal(greedy(ours, prompt, 32), hf_out)
+    assert_greedy_matches_hf(hf_model, ours, ids[:1, :8])
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ours_to_hf_logits_match(case, saved, tmp_path):
+def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
     hf_model, path = saved(case)
     ours = hf.load_hf_checkpoint(path)
     arch = hf.detect_arch(json.loads((path / "config.json").read_text()))
@@ -208,7 +180,7 @@ def test_hf_arch_for():
 
 
 @pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
-def test_our_sliding_window_model_to_hf(arch, tmp_path):
+def test_our_sliding_window_model_to_hf(arch, tmp_path, random_ids):
     """A model born in hybridlm, with a window shorter than the sequence, means the same in HF."""
     cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
                       max_seq_len=64, sliding_window=8, qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3")
@@ -231,7 +203,7 @@ def test_our_sliding_window_model_to_hf(arch, tmp_path):
         assert (unwindowed(ids) - want)[:, 8:].abs().max() > 1e-2
 
 
-def test_non_contiguous_weights_save_and_bin_load(saved, tmp_path):
+def test_non_contiguous_weights_save_and_bin_load(saved, tmp_path, random_ids):
     hf_model, path = saved("llama")
     ours = hf.load_hf_checkpoint(path)
     with torch.no_grad():  # as inference code may leave them: transposed storage

@@ -54,35 +54,8 @@ def make_hf_model(case: str, seed: int = 0):
     return model
 
 
-def random_ids(seed: int = 1, batch: int = 2, n: int = 24) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def greedy(model: Decoder, ids: torch.Tensor, n_new: int) -> torch.Tensor:
-    """Greedy decoding by full recompute: obviously right, independent of any cache."""
-    for _ in range(n_new):
-        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """case -> (HF model, the directory it was saved to); built once per case."""
-    cache = {}
-
-    def get(case):
-        if case not in cache:
-            model = make_hf_model(case)
-            path = tmp_path_factory.mktemp(case)
-            model.save_pretrained(path)
-            cache[case] = model, path
-        return cache[case]
-
-    return get
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_hf_to_ours_logits_match(case, saved):
+def test_hf_to_ours_logits_match(case, saved, random_ids):
     hf_model, path = saved(case)
     ours = hf.load_hf_checkpoint(path)
     ids = random_ids()
@@ -94,20 +67,13 @@ def test_hf_to_ours_logits_match(case, saved):
 
 
 @pytest.mark.parametrize("case", ["mamba2", "nemotron_h"])
-def test_hf_to_ours_greedy_continuation_matches(case, saved):
+def test_hf_to_ours_greedy_continuation_matches(case, saved, random_ids, assert_greedy_matches_hf):
     hf_model, path = saved(case)
-    ours = hf.load_hf_checkpoint(path)
-    with torch.no_grad():
-        prompt = random_ids()[:1, :8]
-        hf_model.generation_config.eos_token_id = None  # never stop early
-        hf_out = hf_model.generate(prompt, do_sample=False, max_new_tokens=32, min_new_tokens=32,
-                                   pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    assert hf_out.shape[1] == 40
-    assert torch.equal(greedy(ours, prompt, 32), hf_out)
+    assert_greedy_matches_hf(hf_model, hf.load_hf_checkpoint(path), random_ids()[:1, :8])
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ours_to_hf_logits_match(case, saved, tmp_path):
+def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
     hf_model, path = saved(case)
     ours = hf.load_hf_checkpoint(path)
     arch = hf.hf_arch_for(ours.config)
@@ -170,7 +136,7 @@ def test_key_prefixes_and_layer_type_spellings(saved):
     assert set(hf_model.state_dict()) == {k.replace("backbone.", "model.") for k in disk}
 
 
-def test_loading_model_prefixed_checkpoint(saved, tmp_path):
+def test_loading_model_prefixed_checkpoint(saved, tmp_path, random_ids):
     hf_model, path = saved("nemotron_h")
     (tmp_path / "config.json").write_text((path / "config.json").read_text())
     save_file({k.replace("backbone.", "model."): v for k, v in load_file(path / "model.safetensors").items()},

@@ -38,33 +38,12 @@ def make_hf_model(case: str, seed: int = 0) -> transformers.MixtralForCausalLM:
     return model
 
 
-def random_ids(seed: int = 1, batch: int = 2, n: int = 24) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def greedy(model: Decoder, ids: torch.Tensor, n_new: int) -> torch.Tensor:
-    for _ in range(n_new):
-        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    cache = {}
-
-    def get(case):
-        if case not in cache:
-            model = make_hf_model(case)
-            path = tmp_path_factory.mktemp(case)
-            model.save_pretrained(path, max_shard_size="50KB" if CASES[case][1] else "2GB")
-            cache[case] = model, path
-        return cache[case]
-
-    return get
+def max_shard_size(case: str) -> str:
+    return "50KB" if CASES[case][1] else "2GB"
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_hf_to_ours_logits_and_greedy_match(case, saved):
+def test_hf_to_ours_logits_and_greedy_match(case, saved, random_ids, assert_greedy_matches_hf):
     hf_model, path = saved(case)
     assert (path / "model.safetensors.index.json").is_file() == CASES[case][1]
     ours = hf.load_hf_checkpoint(path)
@@ -79,16 +58,11 @@ def test_hf_to_ours_logits_and_greedy_match(case, saved):
         assert (stats.routed > 0).sum() >= 6  # the tokens really spread over the experts
         if not CASES[case][3]:
             return
-        prompt = ids[:1, :8]
-        hf_model.generation_config.eos_token_id = None  # never stop early
-        hf_out = hf_model.generate(prompt, do_sample=False, max_new_tokens=32, min_new_tokens=32,
-                                   pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    assert hf_out.shape[1] == 40
-    assert torch.equal(greedy(ours, prompt, 32), hf_out)
+    assert_greedy_matches_hf(hf_model, ours, ids[:1, :8])
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ours_to_hf_logits_match(case, saved, tmp_path):
+def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
     hf_model, path = saved(case)
     ours = hf.load_hf_checkpoint(path)
     assert hf.hf_arch_for(ours.config) == "mixtral"

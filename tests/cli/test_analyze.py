@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hybridlm.analysis.memory import cache_bytes
-from hybridlm.cli import build_parser, main
+from hybridlm.cli import build_parser
 from hybridlm.models.decoder import Decoder
 from hybridlm.presets import get_preset
 
@@ -14,14 +14,8 @@ KEYS = ("params_total", "params_active", "weight_bytes", "flops_per_token_prefil
         "cache_bytes_per_token", "cache_bytes_at_context")
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_analyze_json_nemotron_h_8b(capsys):
-    code, out, _ = run(capsys, "analyze", "nemotron-h-8b", "--json")
+def test_analyze_json_nemotron_h_8b(cli):
+    code, out, _ = cli("analyze", "nemotron-h-8b", "--json")
     assert code == 0
     result = json.loads(out)
     for key in KEYS:
@@ -31,14 +25,14 @@ def test_analyze_json_nemotron_h_8b(capsys):
     assert result["context"] == 8192
 
 
-def test_analyze_mixtral_reports_active_parameters(capsys):
-    code, out, _ = run(capsys, "analyze", "mixtral-8x7b", "--context", "4096", "--json")
+def test_analyze_mixtral_reports_active_parameters(cli):
+    code, out, _ = cli("analyze", "mixtral-8x7b", "--context", "4096", "--json")
     result = json.loads(out)
     assert code == 0 and round(result["params_active"] / 1e9, 1) == 12.9 < result["params_total"] / 1e9
 
 
-def test_analyze_cache_bytes_equal_a_real_prefilled_cache(capsys):
-    code, out, _ = run(capsys, "analyze", "nemotron-h-tiny", "--context", "70", "--batch", "2",
+def test_analyze_cache_bytes_equal_a_real_prefilled_cache(cli):
+    code, out, _ = cli("analyze", "nemotron-h-tiny", "--context", "70", "--batch", "2",
                        "--dtype", "float32", "--json")
     assert code == 0
     cfg = get_preset("nemotron-h-tiny")
@@ -49,14 +43,14 @@ def test_analyze_cache_bytes_equal_a_real_prefilled_cache(capsys):
     assert json.loads(out)["cache_bytes_at_context"] == cache.nbytes()
 
 
-def test_analyze_prints_a_readable_report(capsys):
-    code, out, _ = run(capsys, "analyze", "compare-hybrid", "--context", "16384")
+def test_analyze_prints_a_readable_report(cli):
+    code, out, _ = cli("analyze", "compare-hybrid", "--context", "16384")
     assert code == 0
     assert "parameters" in out and "Mamba state" in out and "16,384" in out
 
 
-def test_analyze_unknown_model_is_a_one_line_error(capsys):
-    code, out, err = run(capsys, "analyze", "no-such-model")
+def test_analyze_unknown_model_is_a_one_line_error(cli):
+    code, out, err = cli("analyze", "no-such-model")
     assert code != 0 and out == "" and err.count("\n") == 1 and err.startswith("hybridlm: error:")
 
 
@@ -69,9 +63,9 @@ def test_help_explains_both_commands():
             parser.parse_args([command, "--help"])
 
 
-def test_compare_writes_table_plots_and_predicted_cache_bytes(capsys, tmp_path):
+def test_compare_writes_table_plots_and_predicted_cache_bytes(cli, tmp_path):
     out_dir = tmp_path / "cmp"
-    code, out, err = run(capsys, "compare", "llama-tiny", "nemotron-h-tiny", "--contexts", "48,96",
+    code, out, err = cli("compare", "llama-tiny", "nemotron-h-tiny", "--contexts", "48,96",
                          "--decode-tokens", "2", "--prefill-chunk", "40", "--threads", "1",
                          "--out", str(out_dir), "--no-progress")
     assert code == 0
@@ -93,6 +87,6 @@ def test_compare_writes_table_plots_and_predicted_cache_bytes(capsys, tmp_path):
     assert len(rows) == 4 and all(r[7].strip() == r[8].strip() for r in rows)
 
 
-def test_compare_rejects_bad_contexts(capsys):
-    code, out, err = run(capsys, "compare", "llama-tiny", "nemotron-h-tiny", "--contexts", "1k,x")
+def test_compare_rejects_bad_contexts(cli):
+    code, out, err = cli("compare", "llama-tiny", "nemotron-h-tiny", "--contexts", "1k,x")
     assert code != 0 and "bad context length" in err

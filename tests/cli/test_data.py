@@ -8,22 +8,6 @@ from hybridlm.cli import main
 from hybridlm.data.shards import TokenShards
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, out, err, *needles):
-    assert code != 0
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hybridlm: error:"), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
-
-
 @pytest.fixture
 def folder(tmp_path):
     from pydoc_data.topics import topics
@@ -35,9 +19,9 @@ def folder(tmp_path):
     return docs
 
 
-def test_default_corpus_on_a_capped_subset(capsys, tmp_path):
+def test_default_corpus_on_a_capped_subset(cli, tmp_path):
     out = tmp_path / "data"
-    code, stdout, err = run(capsys, "data", "prepare", "--default", "--max-docs", "6", "--out", str(out))
+    code, stdout, err = cli("data", "prepare", "--default", "--max-docs", "6", "--out", str(out))
     assert code == 0 and stdout == ""
     assert "extract: kept" in err and "near_dedup: kept" in err and "wrote" in err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -47,18 +31,18 @@ def test_default_corpus_on_a_capped_subset(capsys, tmp_path):
     assert manifest["dtype"] == "uint16" and len(TokenShards(out, "train")) > 1000
 
 
-def test_train_a_tokenizer_then_prepare_with_it(capsys, tmp_path, folder):
+def test_train_a_tokenizer_then_prepare_with_it(cli, tmp_path, folder):
     tok = tmp_path / "tok.json"
-    code, _, err = run(capsys, "tokenizer", "train", str(folder), "--vocab-size", "400", "--out", str(tok), "--quiet")
+    code, _, err = cli("tokenizer", "train", str(folder), "--vocab-size", "400", "--out", str(tok), "--quiet")
     assert code == 0 and tok.is_file(), err
     out = tmp_path / "data"
-    code, _, err = run(capsys, "data", "prepare", f"manual={folder}", "--tokenizer", str(tok), "--out", str(out),
+    code, _, err = cli("data", "prepare", f"manual={folder}", "--tokenizer", str(tok), "--out", str(out),
                        "--val-fraction", "0.1", "--quiet")
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["vocab_size"] == 400 and list(manifest["sources"]) == ["manual"]
     # a prepared dataset is also something to train a tokenizer on
-    code, _, err = run(capsys, "tokenizer", "train", str(out), "--vocab-size", "300", "--out", str(tmp_path / "t2"),
+    code, _, err = cli("tokenizer", "train", str(out), "--vocab-size", "300", "--out", str(tmp_path / "t2"),
                        "--quiet")
     assert code == 0 and (tmp_path / "t2" / "tokenizer_config.json").is_file(), err
 
@@ -74,23 +58,23 @@ def test_train_a_tokenizer_then_prepare_with_it(capsys, tmp_path, folder):
     (["--tokenizer", "no-such-tokenizer"], "no-such-tokenizer"),
     (["--decontaminate", "absent.jsonl"], "absent.jsonl"),
 ])
-def test_bad_option_values_are_one_line_errors(capsys, tmp_path, folder, argv, needle):
+def test_bad_option_values_are_one_line_errors(cli, tmp_path, folder, argv, needle, assert_one_line_error):
     out = tmp_path / "data"
-    assert_one_line_error(*run(capsys, "data", "prepare", str(folder), "--out", str(out), "--quiet", *argv), needle)
+    assert_one_line_error(*cli("data", "prepare", str(folder), "--out", str(out), "--quiet", *argv), needle)
     assert not out.exists()
 
 
-def test_bad_inputs_are_one_line_errors(capsys, tmp_path, folder):
-    assert_one_line_error(*run(capsys, "data", "prepare", str(tmp_path / "absent"), "--out", str(tmp_path / "o")),
+def test_bad_inputs_are_one_line_errors(cli, tmp_path, folder, assert_one_line_error):
+    assert_one_line_error(*cli("data", "prepare", str(tmp_path / "absent"), "--out", str(tmp_path / "o")),
                           "absent", "does not exist")
-    assert_one_line_error(*run(capsys, "data", "prepare", "--out", str(tmp_path / "o")), "--default")
+    assert_one_line_error(*cli("data", "prepare", "--out", str(tmp_path / "o")), "--default")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    assert_one_line_error(*run(capsys, "data", "prepare", str(folder), "--out", str(tmp_path / "full")), "not empty")
+    assert_one_line_error(*cli("data", "prepare", str(folder), "--out", str(tmp_path / "full")), "not empty")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
-    assert_one_line_error(*run(capsys, "tokenizer", "train", str(folder), "--vocab-size", "100", "--out",
+    assert_one_line_error(*cli("tokenizer", "train", str(folder), "--vocab-size", "100", "--out",
                                str(tmp_path / "t.json")), "--vocab-size")
-    assert_one_line_error(*run(capsys, "tokenizer", "train", str(tmp_path / "absent"), "--vocab-size", "500", "--out",
+    assert_one_line_error(*cli("tokenizer", "train", str(tmp_path / "absent"), "--vocab-size", "500", "--out",
                                str(tmp_path / "t.json")), "does not exist")
     assert not list(tmp_path.glob("*.json")) and not (tmp_path / "o").exists()
 

@@ -10,33 +10,17 @@ from hybridlm.cli import main
 GREEDY = ["--temperature", "0", "--max-new-tokens", "8"]
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, out, err, *needles):
-    assert code != 0
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hybridlm: error:"), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
-
-
-def test_generate_writes_only_text_to_stdout(capsys):
-    code, out, err = run(capsys, "generate", "smollm2-135m", "The capital of France is", *GREEDY)
+def test_generate_writes_only_text_to_stdout(cli):
+    code, out, err = cli("generate", "smollm2-135m", "The capital of France is", *GREEDY)
     assert code == 0
     assert out.strip() and "tok/s" not in out
     assert "prefill" in err and "decode" in err and "tok/s" in err
 
 
-def test_json_output_and_seeded_sampling_is_reproducible(capsys):
+def test_json_output_and_seeded_sampling_is_reproducible(cli):
     args = ["generate", "smollm2-135m", "Once upon a time", "--max-new-tokens", "8", "--json", "--ignore-eos"]
-    _, a, _ = run(capsys, *args, "--seed", "7")
-    _, b, _ = run(capsys, *args, "--seed", "7")
+    _, a, _ = cli(*args, "--seed", "7")
+    _, b, _ = cli(*args, "--seed", "7")
     first, second = json.loads(a), json.loads(b)
     assert first["token_ids"] == second["token_ids"] and len(first["token_ids"]) == 8
     assert first["finish_reason"] == "length"
@@ -44,46 +28,61 @@ def test_json_output_and_seeded_sampling_is_reproducible(capsys):
         assert key in first
 
 
-def test_chat_flag_uses_the_template(capsys):
-    code, out, _ = run(capsys, "generate", "smollm2-135m", "Say hi.", "--chat", "--json", *GREEDY)
+def test_chat_flag_uses_the_template(cli):
+    code, out, _ = cli("generate", "smollm2-135m", "Say hi.", "--chat", "--json", *GREEDY)
     assert code == 0
     prompt_ids = json.loads(out)["prompt_token_ids"]
     assert prompt_ids[0] == 1  # <|im_start|> opens the system turn the template adds
 
 
-def test_stop_string_is_not_printed(capsys):
-    code, out, _ = run(capsys, "generate", "smollm2-135m", "1, 2, 3, 4,", "--temperature", "0",
+def test_stop_string_is_not_printed(cli):
+    code, out, _ = cli("generate", "smollm2-135m", "1, 2, 3, 4,", "--temperature", "0",
                        "--max-new-tokens", "16", "--stop", "7")
     assert code == 0 and "7" not in out
 
 
 @pytest.mark.parametrize("n", ["0", "-3"])
-def test_non_positive_max_new_tokens_is_an_error(capsys, n):
-    assert_one_line_error(*run(capsys, "generate", "smollm2-135m", "hi", "--max-new-tokens", n), "max_new_tokens")
+def test_non_positive_max_new_tokens_is_an_error(cli, n, assert_one_line_error):
+    assert_one_line_error(*cli("generate", "smollm2-135m", "hi", "--max-new-tokens", n), "max_new_tokens")
 
 
-def test_prompt_longer_than_the_context_is_an_error(capsys):
+def test_compile_with_a_dynamic_cache_is_an_error(cli, assert_one_line_error):
+    assert_one_line_error(*cli("generate", "smollm2-135m", "Hi", "--compile", "--cache", "dynamic"),
+                          "--compile", "static")
+
+
+@pytest.mark.slow  # compiles SmolLM2's decode step: ~1 minute on 2 cores with a cold inductor cache
+def test_compiled_generate_gives_the_eager_tokens(cli):
+    args = ["generate", "smollm2-135m", "The KV cache", "--json", "--ignore-eos", "--temperature", "0",
+            "--max-new-tokens", "24"]
+    _, eager, _ = cli(*args)
+    code, compiled, err = cli(*args, "--compile")
+    assert code == 0 and "compiled in" in err
+    assert json.loads(compiled)["token_ids"] == json.loads(eager)["token_ids"]
+
+
+def test_prompt_longer_than_the_context_is_an_error(cli, assert_one_line_error):
     prompt = "hello " * 9000
-    assert_one_line_error(*run(capsys, "generate", "smollm2-135m", prompt, "--max-new-tokens", "4"), "context of 8192")
+    assert_one_line_error(*cli("generate", "smollm2-135m", prompt, "--max-new-tokens", "4"), "context of 8192")
 
 
-def test_unknown_model_lists_known_ones(capsys):
-    assert_one_line_error(*run(capsys, "generate", "no-such-model", "hi"), "smollm2-135m")
+def test_unknown_model_lists_known_ones(cli, assert_one_line_error):
+    assert_one_line_error(*cli("generate", "no-such-model", "hi"), "smollm2-135m")
 
 
-def test_missing_checkpoint_directory(capsys, tmp_path):
-    assert_one_line_error(*run(capsys, "generate", str(tmp_path / "absent"), "hi"), "absent")
+def test_missing_checkpoint_directory(cli, tmp_path, assert_one_line_error):
+    assert_one_line_error(*cli("generate", str(tmp_path / "absent"), "hi"), "absent")
 
 
-def test_corrupt_checkpoint(capsys, tmp_path):
+def test_corrupt_checkpoint(cli, tmp_path, assert_one_line_error):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
                                                       "num_hidden_layers": 1, "num_attention_heads": 2,
                                                       "intermediate_size": 32}))
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    assert_one_line_error(*run(capsys, "generate", str(tmp_path), "hi"), "model.safetensors")
+    assert_one_line_error(*cli("generate", str(tmp_path), "hi"), "model.safetensors")
 
 
-def test_gguf_with_unsupported_architecture(capsys, tmp_path):
+def test_gguf_with_unsupported_architecture(cli, tmp_path, assert_one_line_error):
     import gguf
     import numpy as np
 
@@ -94,15 +93,15 @@ def test_gguf_with_unsupported_architecture(capsys, tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    assert_one_line_error(*run(capsys, "generate", str(path), "hi"), "mamba")
+    assert_one_line_error(*cli("generate", str(path), "hi"), "mamba")
 
 
-def test_unknown_preset_in_info(capsys):
-    assert_one_line_error(*run(capsys, "info", "gpt5-tiny"), "gpt5-tiny")
+def test_unknown_preset_in_info(cli, assert_one_line_error):
+    assert_one_line_error(*cli("info", "gpt5-tiny"), "gpt5-tiny")
 
 
-def test_info_json(capsys):
-    code, out, _ = run(capsys, "info", "smollm2-135m", "--json")
+def test_info_json(cli):
+    code, out, _ = cli("info", "smollm2-135m", "--json")
     info = json.loads(out)
     assert code == 0
     assert info["params"] == 134_515_008
@@ -111,26 +110,26 @@ def test_info_json(capsys):
     assert info["layer_pattern"] == "*-" * 30
 
 
-def test_chat_streams_answers(capsys, monkeypatch):
+def test_chat_streams_answers(cli, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 2?\n/reset\nHello\n/exit\n"))
-    code, out, err = run(capsys, "chat", "smollm2-135m", *GREEDY)
+    code, out, err = cli("chat", "smollm2-135m", *GREEDY)
     assert code == 0
     assert len([line for line in out.splitlines() if line.strip()]) >= 2  # two answers
     assert "tok/s" in err
 
 
-def test_convert_failure_writes_nothing(capsys, tmp_path):
+def test_convert_failure_writes_nothing(cli, tmp_path, assert_one_line_error):
     bogus = tmp_path / "bogus.gguf"
     bogus.write_bytes(b"not a gguf at all")
     out_dir = tmp_path / "out"
-    assert_one_line_error(*run(capsys, "convert", str(bogus), str(out_dir)))
+    assert_one_line_error(*cli("convert", str(bogus), str(out_dir)))
     assert not out_dir.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bogus.gguf"]
 
 
-def test_convert_refuses_a_non_empty_directory(capsys, tmp_path):
+def test_convert_refuses_a_non_empty_directory(cli, tmp_path, assert_one_line_error):
     (tmp_path / "keep.txt").write_text("mine")
-    assert_one_line_error(*run(capsys, "convert", "smollm2-135m", str(tmp_path)), "not empty")
+    assert_one_line_error(*cli("convert", "smollm2-135m", str(tmp_path)), "not empty")
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
@@ -151,7 +150,7 @@ def test_top_level_help_lists_the_commands(capsys):
         assert command in out
 
 
-def test_generate_and_info_on_a_hybrid_checkpoint(capsys, tmp_path):
+def test_generate_and_info_on_a_hybrid_checkpoint(cli, tmp_path):
     """A transformers NemotronH directory with a tokenizer.json: `generate` continues it greedily as
     transformers does, and `info` describes its Mamba layers."""
     import torch
@@ -173,9 +172,9 @@ def test_generate_and_info_on_a_hybrid_checkpoint(capsys, tmp_path):
     hf_model = transformers.NemotronHForCausalLM(config).eval()
     hf_model.save_pretrained(tmp_path)
 
-    code, out, err = run(capsys, "generate", str(tmp_path), "hi", "--temperature", "0", "--max-new-tokens", "5")
+    code, out, err = cli("generate", str(tmp_path), "hi", "--temperature", "0", "--max-new-tokens", "5")
     assert code == 0 and "decode" in err
-    code, out, _ = run(capsys, "generate", str(tmp_path), "hi", "--temperature", "0", "--max-new-tokens", "5",
+    code, out, _ = cli("generate", str(tmp_path), "hi", "--temperature", "0", "--max-new-tokens", "5",
                        "--ignore-eos", "--json")
     result = json.loads(out)
     assert code == 0 and result["prompt_token_ids"] == [vocab["h"], vocab["i"]]
@@ -185,9 +184,9 @@ def test_generate_and_info_on_a_hybrid_checkpoint(capsys, tmp_path):
                                  attention_mask=torch.ones_like(prompt))[0, 2:].tolist()
     assert result["token_ids"] == want
 
-    code, out, _ = run(capsys, "info", str(tmp_path), "--json")
+    code, out, _ = cli("info", str(tmp_path), "--json")
     info = json.loads(out)
     assert code == 0 and info["layer_pattern"] == "M-*-" and info["mamba_layers"] == 1
     assert info["mamba_state_bytes"] == (128 + 2 * 2 * 16) * 3 * 4 + 8 * 16 * 16 * 4
-    code, out, _ = run(capsys, "info", str(tmp_path))
+    code, out, _ = cli("info", str(tmp_path))
     assert code == 0 and "Mamba state" in out

@@ -33,3 +33,12 @@ def test_cli_run_prints_a_summary(capsys, tiny_data, tmp_path):
     summary = json.loads(out)
     assert code == 0 and summary["step"] == 2 and summary["finished"] and summary["val_loss"] > 0
     assert "val loss" in err and (tmp_path / "r" / "log.jsonl").is_file()
+
+
+def test_a_config_without_an_hf_equivalent_says_why_there_is_no_export(capsys, tiny_data, tmp_path):
+    code = main(["train", "--preset", "llama-tiny", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
+                 "--set", "d_model=32", "--set", "n_layers=1", "--set", "n_heads=2", "--set", "n_kv_heads=1",
+                 "--set", "position=alibi", "--max-steps", "1", "--seq-len", "16", "--micro-batch-size", "2",
+                 "--eval-every", "0", "--no-progress", "--no-plot", "--peak-flops", "1e11"])
+    err = capsys.readouterr().err
+    assert code == 0 and "no HF export" in err and not (tmp_path / "r" / "model").exists()
