@@ -1,4 +1,5 @@
-"""Fixtures the HF checkpoint tests share: tiny saved HF models, random prompts, greedy parity.
+"""Fixtures the HF checkpoint tests share: tiny saved HF models, random prompts,
+greedy and logit parity.
 
 A test module using `saved` defines `make_hf_model(case)` (a tiny random transformers model) and may
 define `max_shard_size(case)` to save that case sharded; `random_ids` reads the module's VOCAB.
@@ -6,6 +7,7 @@ define `max_shard_size(case)` to save that case sharded; `random_ids` reads the 
 
 import pytest
 import torch
+import transformers
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,18 @@ def assert_greedy_matches_hf():
     """assert_greedy_matches_hf(hf_model, ours, prompt, n_new=32): transformers' greedy `generate`
     and ours by full recompute give the same n_new tokens."""
     return _assert_greedy_matches_hf
+
+
+def _assert_hf_reload_matches(out, hf_model, ids: torch.Tensor):
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded) is type(hf_model)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, hf_model(ids).logits, atol=1e-4, rtol=0)
+    return reloaded
+
+
+@pytest.fixture(scope="session")
+def assert_hf_reload_matches():
+    """assert_hf_reload_matches(out, hf_model, ids) -> the model transformers loads from `out`: it is
+    hf_model's class and gives its logits on ids (1e-4)."""
+    return _assert_hf_reload_matches

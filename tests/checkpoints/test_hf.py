@@ -74,7 +74,7 @@ def test_hf_to_ours_logits_and_greedy_match(case, saved, random_ids, assert_gree
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
+def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids, assert_hf_reload_matches):
     hf_model, path = saved(case)
     ours = hf.load_hf_checkpoint(path)
     arch = hf.detect_arch(json.loads((path / "config.json").read_text()))
@@ -83,11 +83,7 @@ def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
     assert (out / "model.safetensors.index.json").is_file() == CASES[case][4]
     if ours.config.tie_embeddings:
         assert "lm_head.weight" not in hf.read_hf_state_dict(out)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(reloaded) is type(hf_model)
-    ids = random_ids(seed=2)
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, hf_model(ids).logits, atol=1e-4, rtol=0)
+    assert_hf_reload_matches(out, hf_model, random_ids(seed=2))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -73,7 +73,7 @@ def test_hf_to_ours_greedy_continuation_matches(case, saved, random_ids, assert_
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
+def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids, assert_hf_reload_matches):
     hf_model, path = saved(case)
     ours = hf.load_hf_checkpoint(path)
     arch = hf.hf_arch_for(ours.config)
@@ -81,11 +81,7 @@ def test_ours_to_hf_logits_match(case, saved, tmp_path, random_ids):
     hf.save_hf_checkpoint(ours, tmp_path / "out", arch)
     if ours.config.tie_embeddings:
         assert "lm_head.weight" not in hf.read_hf_state_dict(tmp_path / "out")
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    assert type(reloaded) is type(hf_model)
-    ids = random_ids(seed=2)
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, hf_model(ids).logits, atol=1e-4, rtol=0)
+    assert_hf_reload_matches(tmp_path / "out", hf_model, random_ids(seed=2))
 
 
 @pytest.mark.parametrize("case", list(CASES))
