@@ -155,7 +155,7 @@ def agreement(a: list[int] | None, b: list[int] | None) -> int | None:
     return n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="registry name or .gguf path")
     ap.add_argument("--prompt-tokens", type=int, default=512)
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--peers", default="transformers,llama.cpp", help="comma-separated; empty for none")
     ap.add_argument("--compile", action="store_true",
                     help="also run hybridlm with its decode step compiled (compile_decoder; ignores --linear)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
 

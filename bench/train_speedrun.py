@@ -8,15 +8,17 @@ parameters are the embedding, reported apart):
   gpt2    GPT-2 recipe: learned positions, GELU MLP, pre-norm LayerNorm with biases, MHA
   llama   modern recipe: RoPE, SwiGLU, RMSNorm, GQA (4 query / 2 KV heads), no biases; d_ff 768
           so that a layer has exactly GPT-2's 786k parameters
-  hybrid  Nemotron-H recipe: 8 Mamba-2 mixers and 2 attention layers (each followed by a squared-
-          ReLU MLP), no position embedding; skipped with a note when this tree has no Mamba-2 block
+  hybrid  Nemotron-H recipe: 8 Mamba-2 mixers, 2 attention layers and 8 squared-ReLU MLPs
+          (M-M-M*-M-M-M*-M-M-), no position embedding; skipped with a note when this tree has no
+          Mamba-2 block
 
 Data: the default corpus (pydoc topics + the standard library's .py files) through `hybridlm data
 prepare --default`, with a byte-level BPE of 8192 tokens trained on that corpus; built once into
 --work and reused. The models take turns, one optimizer step each, every model's clock counting its
 own steps only, so load from elsewhere on the machine slows all of them alike; each model's cosine
 schedule is re-planned every step to end with its budget. Validation (128 sequences of 256) at the
-end is not counted in the budget. Add `llama-alibi` to --models for the ablation in the README.
+end is not counted in the budget. `--models gpt2,llama,llama-alibi` adds an ablation: the
+Llama-style model with ALiBi in place of RoPE.
 
 Prints a table and, last, one JSON line (bench/common.py).
 """
@@ -143,7 +145,7 @@ def train_round_robin(names: list[str], data: Path, args, out_root: Path) -> lis
         tokens = trainer.samples_seen * args.seq_len
         steady = sum(e["step_s"] for e in train_entries[1:]) or clock[name]
         tok_s = (len(train_entries) - 1) * args.batch * args.seq_len / steady if len(train_entries) > 1 else 0.0
-        embedding = VOCAB * SHAPES[name][1]["d_model"]
+        embedding = trainer.model_cfg.vocab_size * trainer.model_cfg.d_model  # tied: counted once
         rows.append({"model": name, "params_M": trainer.params / 1e6,
                      "non_embedding_M": (trainer.params - embedding) / 1e6, "steps": trainer.step, "tokens": tokens,
                      "tokens_per_s": tok_s, "gflop_per_s": tok_s * trainer.flops_per_token / 1e9,
