@@ -16,8 +16,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--linear", default="auto", choices=["auto", "packed", "ref"],
                    help="CPU float32 matmuls: packed = oneDNN-reordered weights (fast), ref = nn.Linear")
     p.add_argument("--compile", action="store_true",
-                   help="decode through one torch.compile graph over a static cache: ~1.4x faster decoding on "
-                        "the CPU; compiling takes ~1 min at start (less once inductor's disk cache is warm) "
+                   help="decode through one torch.compile graph over a static cache: ~1.5-1.9x faster decoding "
+                        "on the CPU (not MoE models); compiling takes ~1 min at start (less once inductor's disk cache is warm) "
                         "and the weights are held twice (once packed for prefill); ignores --linear")
 
 

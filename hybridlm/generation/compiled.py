@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..cache import Cache
+from ..cache import Cache, KVSlot
 from ..models.decoder import Decoder
 from ..nn.packed_linear import PackedLinear, pack_linears
 
@@ -62,7 +62,7 @@ class CompiledDecoder:
         cache = self.model.new_cache(batch_size, kind="static", max_len=max_len, full_view=True, **kwargs)
         torch._dynamo.maybe_mark_dynamic(cache.key_pos, 1)
         for slot in cache.slots:
-            if slot is not None:
+            if isinstance(slot, KVSlot):
                 torch._dynamo.maybe_mark_dynamic(slot.k, 2)
                 torch._dynamo.maybe_mark_dynamic(slot.v, 2)
         return cache
@@ -101,7 +101,8 @@ class CompiledDecoder:
 
 
 def compile_decoder(model: Decoder, options: dict | None = None, pack_prefill: bool = True) -> CompiledDecoder:
-    """Wrap `model` (eval mode, plain nn.Linear layers) for compiled decoding; compiles on first use.
+    """Wrap `model` (eval mode, plain nn.Linear layers; attention, MLP and Mamba-2 blocks, not MoE)
+    for compiled decoding; compiles on first use (or at `warm_up`).
 
     options: inductor options, default `COMPILE_OPTIONS`. pack_prefill: run prefill on a packed copy
     of the model (faster, one more copy of the weights) where packing is possible. The weights are
@@ -112,4 +113,7 @@ def compile_decoder(model: Decoder, options: dict | None = None, pack_prefill: b
         raise ValueError("compile_decoder needs plain nn.Linear layers: do not pack_linears the model")
     if model.training:
         raise ValueError("compile_decoder is for inference: call model.eval() first")
+    if "moe" in model.config.blocks:
+        raise ValueError("compile_decoder cannot compile MoE blocks (their token dispatch has data-dependent "
+                         "shapes); decode this model without compiling")
     return CompiledDecoder(model, options, pack_prefill)

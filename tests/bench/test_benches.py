@@ -42,5 +42,6 @@ def test_decode_bench_reports_our_engine(capsys):
         torch.set_num_threads(threads)
     report = last_json(capsys.readouterr().out)
     (row,) = report["results"]
-    assert row["engine"] == "hybridlm" and row["decode_tok_s"] > 0 and row["same_greedy_tokens"] == 4
-    assert report["memory_read_gb_s"] > 0
+    assert row["engine"] == "hybridlm" and report["memory_read_gb_s"] > 0
+    for key in ("load_s", "prefill_tok_s", "decode_tok_s", "weight_gb_s"):  # the README table's columns
+        assert row[key] > 0, key

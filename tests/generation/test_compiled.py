@@ -13,6 +13,14 @@ def random_prompts(lengths, vocab=1024, seed=0) -> list[list[int]]:
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
+@pytest.mark.slow  # inductor compiles a hybrid model's step: ~1 minute on 2 CPU cores
+def test_compiled_hybrid_decode_gives_the_eager_tokens(make_decoder):
+    model = make_decoder("nemotron-h-tiny")  # Mamba-2 slots: conv and SSM state updated in the graph
+    prompts = random_prompts((7, 15))
+    assert generate(compile_decoder(model), prompts, GREEDY, cache_kind="static").tokens == \
+        generate(model, prompts, GREEDY, cache_kind="static").tokens
+
+
 @pytest.mark.slow  # inductor compiles and autotunes every GEMM: ~1 minute on 2 CPU cores
 def test_compiled_decode_gives_the_eager_tokens_and_logits(make_decoder):
     model = make_decoder("llama-tiny")
@@ -54,6 +62,8 @@ def test_compile_refuses_what_it_cannot_compile_well(make_decoder):
         compile_decoder(model).new_cache(1, kind="dynamic", max_len=16)
     with pytest.raises(ValueError, match="eval"):
         compile_decoder(make_decoder("llama-tiny").train())
+    with pytest.raises(ValueError, match="MoE"):
+        compile_decoder(make_decoder("mixtral-tiny"))
     pack_linears(model)
     with pytest.raises(ValueError, match="nn.Linear"):
         compile_decoder(model)
