@@ -1,28 +1,50 @@
-"""Load time, prefill and decode speed of SmolLM2-135M: hybridlm vs transformers (and llama.cpp).
+"""Prefill and decode speed of SmolLM2-135M: hybridlm (GGUF blocks run natively, and float32) against
+llama.cpp on the same files, and transformers.
 
-    python -m bench.decode [--model smollm2-135m] [--prompt-tokens 512] [--new-tokens 128]
-                           [--runs 3] [--threads 2] [--peers transformers,llama.cpp] [--dtype float32]
-                           [--compile]
+    python -m bench.decode [--model smollm2-135m] [--prompt-tokens 512] [--new-tokens 128] [--runs 3]
+                           [--threads 2] [--engines LIST] [--work DIR]
 
-Every engine gets the same 512 real tokens (Python's bundled documentation) and decodes 128 new
-tokens greedily past EOS. Prefill = time to the first new token; decode = the 127 tokens after
-it. transformers runs the GGUF dequantized to the same dtype through `generate`; llama.cpp runs
-through llama-cpp-python when it is installed (it is optional and takes ~10 minutes to build).
-Medians of --runs runs, in one process, one engine at a time; ratios are each engine / the first
-peer that ran (transformers by default), and same_greedy_tokens counts the leading tokens they share.
-With --compile a second hybridlm row decodes through `compile_decoder` (plain linears frozen into
-inductor's GEMM template instead of packed oneDNN linears; prefill runs eager on a packed copy);
-compile_s is the compile and warm-up time, paid once per process.
+Engines (--engines, comma-separated; default all):
+  hybridlm:q4_1            the GGUF's own Q4_1 layers and Q8_0 head kept quantized, native kernels,
+                           fast activations (what `hybridlm generate` does by default), eager
+  hybridlm:q4_1:compiled   the same with the decode step compiled (`--compile`)
+  hybridlm:q8_0            a Q8_0 file of the same model (below), kept quantized
+  hybridlm:f32             the Q4_1 file dequantized to float32 (`--dtype float32`), packed linears
+  transformers             the Q4_1 file dequantized by transformers, float32
+  llama.cpp:q4_1, llama.cpp:q8_0   llama-cpp-python on the same two files (skipped if not installed)
+
+The Q8_0 file is made once into --work (default ~/.cache/hybridlm/bench): the Q4_1 model
+dequantized, written as an F32 GGUF (checkpoints/gguf_write.py), then quantized by llama.cpp's own
+`llama_model_quantize` (or, without llama-cpp-python, by our port of ggml's reference quantizer).
+
+Every engine gets the same 512 real tokens (Python's bundled documentation), the same thread
+count, and decodes 128 new tokens greedily past EOS. Prefill = time to the first new token;
+decode = the 127 after it. Each engine runs in its own process (bench/decode_worker.py), loaded
+once; the runs alternate between engines (run 1 of each, then run 2 of each...) so the machine's
+noise hits all alike; medians are reported. Ratios are against llama.cpp on the same file where
+it ran. same_greedy_tokens: leading tokens equal to that reference's. The bandwidth floor is the
+matrix weights a decode step reads over this machine's measured read bandwidth (2 threads, a
+1 GiB sum): floor_tok_s = read GB/s / weight GB, and of_floor = decode tok/s / floor_tok_s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from .common import emit_json, environment, median, print_table, progress
+
+ENGINES = ("hybridlm:q4_1", "hybridlm:q4_1:compiled", "hybridlm:q8_0", "hybridlm:f32", "transformers",
+           "llama.cpp:q4_1", "llama.cpp:q8_0")
+WORKER = Path(__file__).with_name("decode_worker.py")
 
 
 def real_text_ids(tokenizer, n_tokens: int) -> list[int]:
@@ -35,47 +57,27 @@ def real_text_ids(tokenizer, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def bench_hybridlm(model_name, dtype, prompt_ids, new_tokens, runs, linear, compile_step=False):
-    from hybridlm.checkpoints.registry import load_model
-    from hybridlm.generation.compiled import compile_decoder
-    from hybridlm.generation.generate import generate
-    from hybridlm.generation.sampling import SamplingConfig
-    from hybridlm.nn.packed_linear import pack_linears
-
-    start = time.perf_counter()
-    loaded = load_model(model_name, dtype=dtype)
-    # bytes of matrices a decode step streams: every linear, the LM head included
-    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in loaded.model.modules()
-                       if isinstance(m, torch.nn.Linear))
-    if compile_step:  # the graph freezes plain linears into its own GEMM kernels: no packing
-        model = compile_decoder(loaded.model)
-    else:
-        model = loaded.model
-        pack_linears(model, linear)
-    load_s = time.perf_counter() - start
-    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
-    prefill, decode, tokens = [], [], None
-    progress("hybridlm warm-up" + (": compiling the decode step" if compile_step else ""))
-    start = time.perf_counter()
-    generate(model, [prompt_ids[:32]], sampling.replace(max_new_tokens=8), cache_kind="static")
-    compile_s = time.perf_counter() - start if compile_step else None
-    for i in range(runs):
-        progress(f"hybridlm run {i + 1}/{runs}")
-        res = generate(model, [prompt_ids], sampling, cache_kind="static")
-        prefill.append(len(prompt_ids) / res.stats.prefill_s)
-        decode.append(res.stats.decode_tokens_per_s)
-        tokens = res.tokens[0]
-    return {"engine": "hybridlm-compiled" if compile_step else "hybridlm", "load_s": load_s, "compile_s": compile_s,
-            "prefill_tok_s": median(prefill), "decode_tok_s": median(decode),
-            "weight_gb_s": median(decode) * weight_bytes / 1e9}, tokens
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return environment()["device"]
 
 
 def memory_read_gb_s(threads: int, gib: int = 1) -> float:
-    """What this machine reads from memory with `threads` threads: the best of 5 sums over a
-    tensor far larger than the caches. The ceiling weight_gb_s is measured against."""
-    x = torch.ones(gib * 2**28)
-    x.sum()
-    best = min(_timed(x.sum) for _ in range(5))
+    """What this machine reads from memory with `threads` threads: the best of 5 sums over a tensor
+    far larger than the caches. The ceiling the decode rows are measured against."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.ones(gib * 2**28)
+        x.sum()
+        best = min(_timed(x.sum) for _ in range(5))
+    finally:
+        torch.set_num_threads(before)
     return x.numel() * x.element_size() / best / 1e9
 
 
@@ -85,64 +87,83 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_transformers(source, dtype, prompt_ids, new_tokens, runs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def gguf_matrix_bytes(path: Path) -> int:
+    """Bytes of a GGUF's matrices (what a decode step reads; a tied embedding is the LM head)."""
+    from gguf import GGUFReader
 
-    start = time.perf_counter()
-    # the tokenizer is part of what a transformers user loads (and most of its GGUF load time)
-    AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=dtype).eval()
-    load_s = time.perf_counter() - start
-    ids = torch.tensor([prompt_ids])
-    kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
-
-    def timed(n):
-        t = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
-        return time.perf_counter() - t, out
-
-    with torch.inference_mode():
-        timed(2)
-        prefill, decode, tokens = [], [], None
-        for i in range(runs):
-            progress(f"transformers run {i + 1}/{runs}")
-            t_first, _ = timed(1)
-            t_all, out = timed(new_tokens)
-            prefill.append(len(prompt_ids) / t_first)
-            decode.append((new_tokens - 1) / max(t_all - t_first, 1e-9))
-            tokens = out[0, len(prompt_ids):].tolist()
-    return {"engine": "transformers", "load_s": load_s, "prefill_tok_s": median(prefill),
-            "decode_tok_s": median(decode)}, tokens
+    return sum(int(t.n_bytes) for t in GGUFReader(path).tensors if len(t.shape) > 1)
 
 
-def bench_llama_cpp(source, prompt_ids, new_tokens, runs, threads):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        progress("llama-cpp-python is not installed: skipping the llama.cpp peer")
-        return None, None
-    start = time.perf_counter()
-    llm = Llama(model_path=str(source), n_ctx=len(prompt_ids) + new_tokens + 8, n_threads=threads,
-                n_batch=len(prompt_ids), verbose=False)
-    load_s = time.perf_counter() - start
-    prefill, decode, tokens = [], [], []
-    for i in range(runs):
-        progress(f"llama.cpp run {i + 1}/{runs}")
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(prompt_ids)
-        tok = int(llm.scores[llm.n_tokens - 1].argmax())
-        t_first = time.perf_counter() - t
-        tokens = [tok]
-        t = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            llm.eval([tok])
-            tok = int(llm.scores[llm.n_tokens - 1].argmax())
-            tokens.append(tok)
-        prefill.append(len(prompt_ids) / t_first)
-        decode.append((new_tokens - 1) / (time.perf_counter() - t))
-    return {"engine": "llama.cpp", "load_s": load_s, "prefill_tok_s": median(prefill),
-            "decode_tok_s": median(decode)}, tokens
+def make_q8_0(source: Path, work: Path, threads: int) -> tuple[Path, str]:
+    """A Q8_0 GGUF of the model in `source` (made once into `work`); returns (path, who quantized)."""
+    from hybridlm.checkpoints.gguf_write import gguf_metadata_fields, write_gguf
+    from hybridlm.checkpoints.registry import load_model
+
+    from .llama_peer import find_llama_python, run_peer
+
+    python = find_llama_python()
+    out = work / f"{source.stem}.Q8_0.{'llama' if python else 'hybridlm'}.gguf"
+    if out.is_file():
+        return out, "llama.cpp" if python else "hybridlm"
+    work.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(source, dtype=torch.float32)
+    fields = gguf_metadata_fields(source)
+    if python is None:
+        progress("llama-cpp-python not found: writing Q8_0 with hybridlm's port of ggml's reference quantizer")
+        write_gguf(loaded.model, loaded.tokenizer, out, quant="q8_0", tokenizer_fields=fields)
+        return out, "hybridlm"
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        f32 = Path(tmp) / "f32.gguf"
+        progress(f"writing {f32.name} and quantizing it to Q8_0 with llama.cpp")
+        write_gguf(loaded.model, loaded.tokenizer, f32, quant="f32", tokenizer_fields=fields)
+        partial = Path(tmp) / out.name
+        run_peer(python, "quantize", "--model", f32, "--out", partial, "--type", "q8_0", "--threads", threads)
+        os.replace(partial, out)
+    return out, "llama.cpp"
+
+
+class Worker:
+    """One engine's process (decode_worker.py): started, loaded, then asked for runs."""
+
+    def __init__(self, name: str, python: str, args: list[str]):
+        self.name = name
+        self.proc = subprocess.Popen([python, str(WORKER), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker exited (code {self.proc.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def run(self) -> dict:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def engine_spec(name: str, files: dict[str, Path], llama_python: str | None, common: list[str]):
+    """(python, worker args, file) for an engine name, or None when it cannot run here."""
+    parts = name.split(":")
+    if parts[0] == "llama.cpp":
+        if llama_python is None:
+            return None
+        return llama_python, ["--engine", "llama.cpp", "--model", str(files[parts[1]]), *common], files[parts[1]]
+    if parts[0] == "transformers":
+        return sys.executable, ["--engine", "transformers", "--model", str(files["q4_1"]), *common], files["q4_1"]
+    kind = parts[1]
+    file = files["q4_1" if kind == "f32" else kind]
+    args = ["--engine", "hybridlm", "--model", str(file), *common]
+    args += [] if kind == "f32" else ["--keep-quantized"]
+    args += ["--compile"] if "compiled" in parts else []
+    return sys.executable, args, file
 
 
 def agreement(a: list[int] | None, b: list[int] | None) -> int | None:
@@ -157,55 +178,86 @@ def agreement(a: list[int] | None, b: list[int] | None) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="registry name or .gguf path")
+    ap.add_argument("--model", default="smollm2-135m", help="registry name or .gguf path (Q4_1 for the default rows)")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--linear", default="auto", choices=["auto", "packed", "ref"])
-    ap.add_argument("--peers", default="transformers,llama.cpp", help="comma-separated; empty for none")
-    ap.add_argument("--compile", action="store_true",
-                    help="also run hybridlm with its decode step compiled (compile_decoder; ignores --linear)")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
+    ap.add_argument("--work", default=None, help="where the Q8_0 file is made (default ~/.cache/hybridlm/bench)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise SystemExit(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
 
     from hybridlm.checkpoints.gguf import read_gguf_tokenizer
     from hybridlm.checkpoints.registry import resolve_gguf
 
+    from .llama_peer import find_llama_python
+
     source = resolve_gguf(args.model)
-    prompt_ids = real_text_ids(read_gguf_tokenizer(source), args.prompt_tokens)
-    rows, outputs = [], {}
-    engines = [False, True] if args.compile else [False]  # eager always: compiled is compared to it
-    for compile_step in engines:
-        row, tokens = bench_hybridlm(args.model, dtype, prompt_ids, args.new_tokens, args.runs, args.linear,
-                                     compile_step)
-        rows.append(row)
-        outputs[row["engine"]] = tokens
-    peers = [p for p in args.peers.split(",") if p]
-    if "transformers" in peers:
-        row, outputs["transformers"] = bench_transformers(source, dtype, prompt_ids, args.new_tokens, args.runs)
-        rows.append(row)
-    if "llama.cpp" in peers:
-        row, outputs["llama.cpp"] = bench_llama_cpp(source, prompt_ids, args.new_tokens, args.runs, args.threads)
-        if row:
-            rows.append(row)
-    # every row against the first peer that ran (transformers by default), else against eager hybridlm
-    ref = next((r for r in rows if not r["engine"].startswith("hybridlm")), rows[0])
-    for row in rows:
-        row["vs"] = ref["engine"]
-        row["same_greedy_tokens"] = agreement(outputs[ref["engine"]], outputs[row["engine"]])
-        for key in ("prefill_tok_s", "decode_tok_s"):
-            row[f"x_{key}"] = row[key] / ref[key]
+    files, quantizer = {"q4_1": source}, None
+    work = Path(args.work) if args.work else Path.home() / ".cache" / "hybridlm" / "bench"
+    if any("q8_0" in e for e in engines):
+        files["q8_0"], quantizer = make_q8_0(source, work, args.threads)
+    llama_python = find_llama_python() if any(e.startswith("llama.cpp") for e in engines) else None
+    if llama_python is None and any(e.startswith("llama.cpp") for e in engines):
+        progress("llama-cpp-python is not installed (pip install llama-cpp-python, or set HYBRIDLM_LLAMA_PYTHON): "
+                 "skipping the llama.cpp rows")
+    prompt = real_text_ids(read_gguf_tokenizer(source), args.prompt_tokens)
     read_gb_s = memory_read_gb_s(args.threads)
-    print_table(rows, ["engine", "load_s", "compile_s", "prefill_tok_s", "decode_tok_s", "vs", "x_prefill_tok_s",
-                       "x_decode_tok_s", "same_greedy_tokens", "weight_gb_s"])
-    print(f"memory read bandwidth ({args.threads} threads, sum over 1 GiB): {read_gb_s:.1f} GB/s; weight_gb_s = "
-          "decode tok/s x linear weight bytes")
-    emit_json({"bench": "decode", **environment(), "model": args.model, "dtype": args.dtype,
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(prompt, f)
+    common = ["--prompt-file", f.name, "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    workers: list[Worker] = []
+    try:
+        for name in engines:
+            spec = engine_spec(name, files, llama_python, common)
+            if spec is None:
+                continue
+            progress(f"loading {name}" + (" (compiling its decode step)" if "compiled" in name else ""))
+            workers.append(Worker(name, spec[0], spec[1]))
+            workers[-1].file = spec[2]
+        runs: dict[str, list[dict]] = {w.name: [] for w in workers}
+        for i in range(args.runs):  # alternate: every engine's run i before any run i + 1
+            for w in workers:
+                progress(f"run {i + 1}/{args.runs}: {w.name}")
+                runs[w.name].append(w.run())
+    finally:
+        for w in workers:
+            w.close()
+        os.unlink(f.name)
+
+    rows = []
+    for w in workers:
+        r = runs[w.name]
+        decode = median([(args.new_tokens - 1) / x["decode_s"] for x in r])
+        weight_bytes = w.info["weight_bytes"] or gguf_matrix_bytes(w.file)
+        floor = read_gb_s * 1e9 / weight_bytes
+        rows.append({"engine": w.name, "file": w.file.name, "load_s": w.info["load_s"],
+                     "compile_s": w.info["compile_s"], "prefill_tok_s": median([len(prompt) / x["prefill_s"] for x in r]),
+                     "decode_tok_s": decode, "weight_mb": weight_bytes / 1e6, "weight_gb_s": decode * weight_bytes / 1e9,
+                     "floor_tok_s": floor, "of_floor": decode / floor, "tokens": r[-1]["tokens"]})
+    llama_rows = [r for r in rows if r["engine"].startswith("llama.cpp")]
+    for row in rows:  # against llama.cpp on the same file, else any llama.cpp row, else the first row
+        same_file = [r for r in llama_rows if r["file"] == row["file"]]
+        peer = (same_file or llama_rows or rows)[0]
+        row["vs"] = peer["engine"]
+        row["x_prefill"] = row["prefill_tok_s"] / peer["prefill_tok_s"]
+        row["x_decode"] = row["decode_tok_s"] / peer["decode_tok_s"]
+        row["same_greedy_tokens"] = agreement(peer["tokens"], row["tokens"])
+    print_table(rows, ["engine", "load_s", "compile_s", "prefill_tok_s", "decode_tok_s", "vs", "x_prefill", "x_decode",
+                       "same_greedy_tokens", "weight_mb", "floor_tok_s", "of_floor"])
+    print(f"CPU: {cpu_model()}, {args.threads} threads; memory read bandwidth {read_gb_s:.1f} GB/s (sum over 1 GiB); "
+          f"Q8_0 file quantized by {quantizer or '-'}")
+    for row in rows:
+        row.pop("tokens")
+    emit_json({"bench": "decode", **environment(), "cpu_model": cpu_model(), "model": args.model,
                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
-               "linear": args.linear, "compile": args.compile, "memory_read_gb_s": read_gb_s, "results": rows})
+               "threads": args.threads, "engines": engines, "q8_0_quantizer": quantizer,
+               "memory_read_gb_s": read_gb_s, "results": rows})
 
 
 if __name__ == "__main__":

@@ -12,13 +12,20 @@ advance once per forward in `commit`, never inside a layer.
 
 Mamba blocks get a `MambaSlot`: a constant-size conv state and SSM state, overwritten in place by
 every forward. A recurrent state cannot be rewound: it summarises every token so far and no token
-can be taken back out. So a hybrid cache supports `reorder` (beam search: rows move whole) but not
-truncation; reusing a prefix needs the state saved at exactly that prefix, or extending it exactly.
+can be taken back out. So a hybrid cache supports `reorder` (beam search: rows move whole), and
+reusing a prefix needs the state saved at exactly that prefix, or extending it exactly.
+
+`rollback` (speculative decoding) forgets each row's last tokens: KV slots drop them with their
+positions; Mamba slots return to a state they kept. Between `keep_states()` and the rollback every
+Mamba forward keeps the state after each of its tokens (the mixer writes them), so going back is
+an exact lookup, never a recomputation. That costs (tokens kept) x the state, so keep states only
+around short forwards (a verification of k + 1 tokens), never a long prefill.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,12 +46,19 @@ class CacheStep:
     k_pos (B, S): positions of every key the layers will attend over, -1 for padding or empty.
     trivial: every query may see every key up to itself with no padding and no window cut, so
         the attention mask can be dropped (T == 1) or replaced by is_causal (T == S).
+    attend: None, or the attention function every layer uses this step instead of its own (the
+        engine's paged cache: its slots return the block pools, and this reads each sequence's
+        blocks). Same signature as `attention_sdpa`.
+    out_index: None, or the token columns (K,) int64 whose logits the forward returns (the engine's
+        flattened batch: the last token of each sequence), so the LM head skips the others.
     """
 
     q_pos: torch.Tensor
     k_pos: torch.Tensor
     trivial: bool
     n_new: int
+    attend: Callable | None = None
+    out_index: torch.Tensor | None = None
 
 
 class KVSlot:
@@ -104,7 +118,9 @@ class MambaSlot:
 
     conv (B, conv_dim, d_conv - 1): the last inputs of the causal conv, zeros before the first token.
     ssm (B, H, P, N): the SSM state h, kept in float32 at least (it accumulates over every token).
-    Cannot be rewound (see the module doc); `reorder` moves rows whole.
+    Cannot be rewound (see the module doc) except to a state it kept: while `keeping`, the mixer
+    hands every forward's conv inputs and per-token SSM states to `keep`, and `rewind` returns to
+    any of them. `reorder` moves rows whole.
     """
 
     def __init__(self, cache: "Cache", cfg: ModelConfig):
@@ -112,9 +128,64 @@ class MambaSlot:
         self.conv = torch.zeros(b, cfg.mamba_conv_dim, cfg.d_conv - 1, dtype=cache.dtype, device=device)
         self.ssm = torch.zeros(b, cfg.mamba_n_heads, cfg.mamba_head_dim, cfg.d_state,
                                dtype=torch.promote_types(cache.dtype, torch.float32), device=device)
+        # since the last checkpoint: the conv state there followed by every conv input since
+        # (B, conv_dim, d_conv - 1 + n), and the SSM states there and after each token, n + 1 of
+        # (B, H, P, N) in chunks of (B, T, H, P, N); None when not keeping
+        self.kept_conv: torch.Tensor | None = None
+        self.kept_ssm: list[torch.Tensor] | None = None
+
+    @property
+    def keeping(self) -> bool:
+        return self.kept_ssm is not None
+
+    @property
+    def n_kept(self) -> int:
+        """Tokens since the checkpoint, each with its kept state."""
+        return 0 if self.kept_ssm is None else sum(s.shape[1] for s in self.kept_ssm) - 1
+
+    def checkpoint(self) -> None:
+        """Start keeping states here: `rewind` can return to this point or any later token."""
+        self.kept_conv, self.kept_ssm = self.conv.clone(), [self.ssm[:, None].clone()]
+
+    def stop_keeping(self) -> None:
+        self.kept_conv = self.kept_ssm = None
+
+    def keep(self, conv_inputs: torch.Tensor, ssm_states: torch.Tensor) -> None:
+        """Called by the mixer after a forward of T tokens while `keeping`: conv_inputs
+        (B, conv_dim, T) as they entered the conv window, ssm_states (B, T, H, P, N) after each token."""
+        self.kept_conv = torch.cat((self.kept_conv, conv_inputs.to(self.kept_conv.dtype)), dim=2)
+        self.kept_ssm.append(ssm_states.to(self.ssm.dtype))
+
+    def rewind(self, n_drop: torch.Tensor) -> None:
+        """Return row b to its state n_drop[b] tokens back (n_drop (B,) int64, at most `n_kept`),
+        then checkpoint there."""
+        if not self.keeping:
+            raise RuntimeError("a Mamba state cannot go back: call cache.keep_states() before the forwards "
+                               "that may be rolled back")
+        n = self.n_kept
+        if int(n_drop.max()) > n:
+            raise RuntimeError(f"a Mamba state can go back at most {n} tokens (to the last checkpoint), "
+                               f"not {int(n_drop.max())}")
+        self.restore(n - n_drop)
+        self.checkpoint()
+
+    def restore(self, at: torch.Tensor) -> None:
+        """Set row b to its kept state at[b] tokens after the checkpoint (at (B,) int64 in
+        [0, n_kept]); the kept states stay, so a later restore may pick another point."""
+        at = at.to(self.ssm.device)
+        rows = torch.arange(self.ssm.shape[0], device=self.ssm.device)
+        self.ssm.copy_(torch.cat(self.kept_ssm, dim=1)[rows, at])
+        # the conv state after j tokens is the d_conv - 1 inputs ending at the j-th
+        width = self.conv.shape[2]
+        cols = at[:, None] + torch.arange(width, device=at.device)  # (B, d_conv - 1)
+        index = cols[:, None, :].expand(-1, self.conv.shape[1], -1)
+        self.conv.copy_(self.kept_conv.gather(2, index))
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.conv, self.ssm = self.conv.index_select(0, rows), self.ssm.index_select(0, rows)
+        if self.keeping:
+            self.kept_conv = self.kept_conv.index_select(0, rows)
+            self.kept_ssm = [s.index_select(0, rows) for s in self.kept_ssm]
 
     def nbytes(self) -> int:
         return self.conv.numel() * self.conv.element_size() + self.ssm.numel() * self.ssm.element_size()
@@ -126,7 +197,10 @@ class Cache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, *, kind: str = "dynamic",
                  max_len: int | None = None, window_only: bool = True, full_view: bool = False,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 kv_dtype: str = "float"):
+        """kv_dtype: "float" keeps K/V in `dtype`; "int8" stores them int8 with a scale per head
+        and token (kv_quant.py), dequantized into `dtype` when attended over."""
         if kind not in CACHE_KINDS:
             raise ValueError(f"cache kind must be one of {CACHE_KINDS}, not {kind!r}")
         if kind == "static" and max_len is None:
@@ -146,7 +220,18 @@ class Cache:
         self.has_padding = False
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.key_pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=self.device)
-        self.slots = [KVSlot(self, capacity) if b == "attention" else MambaSlot(self, cfg) if b == "mamba" else None
+        kv_slot = KVSlot
+        if kv_dtype != "float":
+            from .kv_quant import KV_DTYPES, Int8KVSlot  # imported here: kv_quant builds on KVSlot
+
+            if kv_dtype not in KV_DTYPES:
+                raise ValueError(f"KV cache dtype must be one of {KV_DTYPES}, not {kv_dtype!r}")
+            kv_slot = Int8KVSlot
+        self.kv_dtype = kv_dtype
+        # None, or attend_for(cache, step) -> the attention function (or None) the layers use for a
+        # planned step instead of their own: set by its owner (generation/verify_attention.py)
+        self.attend_for: Callable[["Cache", CacheStep], Callable | None] | None = None
+        self.slots = [kv_slot(self, capacity) if b == "attention" else MambaSlot(self, cfg) if b == "mamba" else None
                       for b in cfg.blocks]
 
     # -- bookkeeping shared by all slots ------------------------------------------------------
@@ -179,7 +264,10 @@ class Cache:
             k_pos = self.key_pos[:, :end]
             fits_window = self.window is None or start + n_new <= self.window
             trivial = not self.has_padding and not self.full_view and fits_window and (n_new == 1 or start == 0)
-        return CacheStep(q_pos=q_pos, k_pos=k_pos, trivial=trivial, n_new=n_new)
+        step = CacheStep(q_pos=q_pos, k_pos=k_pos, trivial=trivial, n_new=n_new)
+        if self.attend_for is not None:  # e.g. a speculative verification attending as one-token steps
+            step.attend = self.attend_for(self, step)
+        return step
 
     def _grow_positions(self, needed: int) -> None:
         if self.kind == "static":
@@ -208,6 +296,44 @@ class Cache:
         self.next_pos = self.next_pos.index_select(0, rows)
         self.key_pos = self.key_pos.index_select(0, rows)
         self.batch_size = rows.numel()
+
+    def keep_states(self, on: bool = True) -> None:
+        """From now on (on=True), Mamba slots keep the state after every token, so `rollback` can
+        return to any token since this call; on=False stops and frees them. No effect on KV slots,
+        which can always roll back. States already kept are dropped either way."""
+        for slot in self.slots:
+            if isinstance(slot, MambaSlot):
+                slot.checkpoint() if on else slot.stop_keeping()
+
+    def rollback(self, n_drop: int | list[int] | torch.Tensor) -> None:
+        """Forget the last n_drop[b] tokens of row b (an int: of every row), positions included.
+
+        Rows share the slot index, so the shortest drop is cut off the end of every slot and a row
+        that drops more gets holes (position -1, masked like padding) at its tail. Mamba slots
+        return to the state they kept there (see `keep_states`), then keep states from there on
+        (also when nothing is dropped).
+        The sliding-window ring cannot roll back: it has overwritten the keys it would need.
+        """
+        if self.window_ring:
+            raise ValueError("a sliding-window ring cache cannot roll back (it overwrote the keys it would need); "
+                             "build the cache with window_only=False")
+        drop = torch.as_tensor(n_drop, dtype=torch.long).to(self.device).expand(self.batch_size)
+        cut, most = int(drop.min()), int(drop.max())
+        if cut < 0 or most > self.length:
+            raise ValueError(f"cannot roll back {drop.tolist()} tokens of a cache holding {self.length}")
+        for slot in self.slots:
+            if isinstance(slot, MambaSlot) and (slot.keeping or most > 0):
+                slot.rewind(drop)
+        if most == 0:
+            return
+        index = torch.arange(self.key_pos.shape[1], device=self.device)
+        forgotten = (index >= (self.length - drop)[:, None]) & (index < self.length)  # (B, S)
+        self.key_pos.masked_fill_(forgotten, -1)
+        self.has_padding |= cut != most
+        self.length -= cut
+        # positions are only ever appended, so each row continues after its last kept one
+        kept = self.key_pos[:, :self.length]
+        self.next_pos = (kept.max(dim=1).values + 1).clamp(min=0) if self.length else torch.zeros_like(self.next_pos)
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (allocated capacity, not just the filled part)."""

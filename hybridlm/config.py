@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BLOCK_KINDS = {"*": "attention", "-": "mlp", "M": "mamba", "E": "moe"}
-POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
+POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none", "relative")  # relative: T5's bucketed bias
 ROPE_SCALINGS = ("none", "linear", "llama3")
 MLP_KINDS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu", "geglu", "reglu")
 NORMS = ("rmsnorm", "layernorm")
 MOE_ROUTERS = ("softmax", "sigmoid")
 SSD_IMPLS = ("chunked", "ref")
+FAMILIES = ("decoder", "encoder", "seq2seq")  # models/decoder.py, models/encoder.py, models/seq2seq.py
 
 
 class ConfigError(ValueError):
@@ -98,9 +99,25 @@ class ModelConfig:
     #   [low, high]; high None = no upper limit (JSON has no infinity)
     ssd_impl: str = "chunked"  # one of SSD_IMPLS: chunked SSD scan (fast) or the sequential recurrence
 
+    # encoder-only (BERT) and encoder-decoder (T5, the original Transformer) models. A seq2seq
+    # model's encoder is layer_pattern / n_layers; its decoder has n_decoder_layers layers of
+    # self-attention, cross-attention and MLP. Input embeddings are shared by encoder and decoder.
+    family: str = "decoder"  # one of FAMILIES
+    type_vocab_size: int = 0  # token-type (segment) embeddings added to the input (BERT: 2); 0 = none
+    embed_norm: bool = False  # a norm over the summed input embeddings (BERT's post-norm stack)
+    mlm_head: bool = False  # encoder: BERT's MLM head (dense, activation, norm, decoder tied to the embedding)
+    pooler: bool = False  # encoder: BERT's pooler, tanh(W h_CLS + b)
+    n_decoder_layers: int | None = None  # seq2seq: decoder layers; default n_layers
+    relative_buckets: int = 32  # position "relative" (T5): buckets of the learned per-head attention bias
+    relative_max_distance: int = 128  # position "relative": distances from here on share the last bucket
+    scale_decoder_output: bool = False  # seq2seq: the decoder output x d_model^-0.5 before the LM head (T5 v1.0)
+
     # special tokens (model-level defaults; a tokenizer may override)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    pad_token_id: int | None = None  # encoder/seq2seq: padding (T5 also starts the decoder with it)
+    mask_token_id: int | None = None  # MLM: the [MASK] token
+    decoder_start_token_id: int | None = None  # seq2seq: the decoder's first input token
 
     # derived in __post_init__, not part of the serialised config
     blocks: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -114,6 +131,8 @@ class ModelConfig:
             self.head_dim = self.d_model // self.n_heads
         if self.moe_d_ff is None:
             self.moe_d_ff = self.d_ff
+        if self.n_decoder_layers is None:
+            self.n_decoder_layers = self.n_layers
         if self.mamba_n_heads is None:
             self.mamba_n_heads = max(1, 2 * self.d_model // self.mamba_head_dim)
         if len(self.mamba_dt_limit) != 2:
@@ -143,6 +162,7 @@ class ModelConfig:
             (len(self.blocks) > 0, "the model has no blocks"),
             *self._moe_checks(),
             *self._mamba_checks(),
+            *self._family_checks(),
         ]
         for ok, message in checks:
             if not ok:
@@ -172,6 +192,20 @@ class ModelConfig:
             (self.mamba_dt_init_floor > 0, "mamba_dt_init_floor must be positive"),
             (0 <= lo and (hi is None or lo < hi), "mamba_dt_limit must be (low, high) with 0 <= low < high"),
             (self.ssd_impl in SSD_IMPLS, f"ssd_impl must be one of {SSD_IMPLS}"),
+        ]
+
+    def _family_checks(self) -> list[tuple[bool, str]]:
+        plain = self.family == "decoder"
+        return [
+            (self.family in FAMILIES, f"family must be one of {FAMILIES}"),
+            (not plain or self.position != "relative", "relative (T5) positions exist for the encoder and seq2seq families"),
+            (not plain or not (self.type_vocab_size or self.embed_norm or self.mlm_head or self.pooler),
+             "type_vocab_size, embed_norm, mlm_head and pooler belong to the encoder and seq2seq families"),
+            (self.family == "encoder" or not (self.mlm_head or self.pooler), "mlm_head and pooler are encoder options"),
+            (self.type_vocab_size >= 0 and self.n_decoder_layers > 0, "type_vocab_size >= 0 and n_decoder_layers > 0"),
+            (self.relative_buckets > 0 and self.relative_max_distance > 0, "relative buckets and distance must be positive"),
+            (plain or "mamba" not in self.blocks,
+             "Mamba blocks are causal: encoders and seq2seq models take attention, MLP and MoE blocks"),
         ]
 
     @property

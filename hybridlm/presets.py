@@ -29,6 +29,16 @@ _NEMOTRON_H_56B_PATTERN = ("M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*
 _COMPARE = dict(vocab_size=32000, d_model=512, n_heads=8, n_kv_heads=4, d_ff=2048, mlp="relu2",
                 max_seq_len=32768, tie_embeddings=False, bos_token_id=1, eos_token_id=2)
 
+_BERT = dict(family="encoder", position="learned", type_vocab_size=2, norm="layernorm", norm_eps=1e-12,
+             norm_position="post", embed_norm=True, mlp="gelu", mlp_bias=True, qkv_bias=True, attn_out_bias=True,
+             mlm_head=True, tie_embeddings=True, pad_token_id=0)
+_T5 = dict(family="seq2seq", position="relative", relative_buckets=32, relative_max_distance=128, norm="rmsnorm",
+           norm_eps=1e-6, norm_position="pre", tie_embeddings=True, max_seq_len=512, pad_token_id=0,
+           eos_token_id=1, decoder_start_token_id=0)
+_TRANSFORMER = dict(family="seq2seq", position="sinusoidal", norm="layernorm", norm_position="post", mlp="relu",
+                    mlp_bias=True, qkv_bias=True, attn_out_bias=True, tie_embeddings=True, pad_token_id=0,
+                    eos_token_id=1, decoder_start_token_id=0)
+
 PRESETS: dict[str, dict] = {
     # GPT-2 small (Radford et al. 2019)
     "gpt2-124m": dict(_GPT2, vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
@@ -81,6 +91,20 @@ PRESETS: dict[str, dict] = {
     "compare-hybrid": dict(_COMPARE, layer_pattern="M-M-M-M*-" * 2 + "M-M-M-", position="none",
                            mamba_n_heads=8, mamba_head_dim=64, d_state=128, mamba_n_groups=1, d_conv=4,
                            mamba_chunk_size=128),
+    # BERT-base (Devlin et al. 2019): post-norm LayerNorm over summed token, position and segment
+    # embeddings, GELU MLP, biases everywhere; the MLM head's decoder is the tied embedding
+    "bert-base": dict(_BERT, vocab_size=30522, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512),
+    "bert-tiny": dict(_BERT, **dict(_TINY, max_seq_len=128)),
+    # T5-small v1.0 (Raffel et al. 2020): ReLU MLP, tied head reading a d_model^-0.5-scaled output
+    "t5-small": dict(_T5, vocab_size=32128, d_model=512, n_layers=6, n_heads=8, head_dim=64, d_ff=2048,
+                     mlp="relu", scale_decoder_output=True),
+    # T5 v1.1 shape: gated GELU; tied here to keep the tiny size small
+    "t5-tiny": dict(_T5, **dict(_TINY, n_layers=2, d_ff=256), n_decoder_layers=2, head_dim=32, mlp="geglu"),
+    # the original Transformer, base (Vaswani et al. 2017): sinusoidal positions, post-norm, ReLU,
+    # one vocabulary shared by source, target and output
+    "transformer-base": dict(_TRANSFORMER, vocab_size=37000, d_model=512, n_layers=6, n_heads=8, d_ff=2048,
+                             max_seq_len=512),
+    "transformer-tiny": dict(_TRANSFORMER, **dict(_TINY, n_layers=2, max_seq_len=128)),
 }
 
 

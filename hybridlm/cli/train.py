@@ -80,6 +80,8 @@ def cmd_train(args) -> int:
     where = f"; HF export ({result.exported}) in {result.run_dir / 'model'}" if result.exported else ""
     if result.finished and args.export_hf and not result.exported:
         where = f"; no HF export (this config has no HF equivalent): weights in {result.run_dir / 'checkpoints'}"
+    if args.qat and (result.run_dir / "quantized").is_dir():
+        where += f"; QAT model ({args.qat}) in {result.run_dir / 'quantized'}"
     print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val}, "
           f"{result.tokens_per_s:.0f} tokens/s, MFU {result.mfu:.1%}; log in {result.run_dir / 'log.jsonl'}{where}",
           file=sys.stderr)

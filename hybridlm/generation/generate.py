@@ -103,12 +103,13 @@ def left_pad(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tens
 
 def generate(model: nn.Module, prompts: list[list[int]], sampling: SamplingConfig, *,
              cache_kind: str = "dynamic", decode: Decode | None = None,
-             on_token: Callable[[int, int], None] | None = None) -> GenerationResult:
+             on_token: Callable[[int, int], None] | None = None, kv_dtype: str = "float") -> GenerationResult:
     """Continue every prompt (lists of token ids, any lengths) by up to `sampling.max_new_tokens`.
 
     decode: token ids -> text; needed for stop strings, and gives `GenerationResult.texts`.
     on_token(row, token_id): called for each output token as soon as it is sampled (not for EOS).
         A stop string found later may cut tokens already streamed; `result.tokens` is final.
+    kv_dtype: "float" (K/V in the model's dtype) or "int8" (kv_quant.py: 1/4 of float32's bytes).
     The model should be in eval mode; it is not modified. Runs under torch.inference_mode.
     """
     _check(model, prompts, sampling, decode)
@@ -119,7 +120,8 @@ def generate(model: nn.Module, prompts: list[list[int]], sampling: SamplingConfi
     generator = None if sampling.greedy else make_generator(sampling.seed, device)
     start = time.perf_counter()
     with torch.inference_mode():
-        cache = model.new_cache(batch, kind=cache_kind, max_len=longest + sampling.max_new_tokens)
+        kv = {} if kv_dtype == "float" else {"kv_dtype": kv_dtype}  # models whose caches have no such option still work
+        cache = model.new_cache(batch, kind=cache_kind, max_len=longest + sampling.max_new_tokens, **kv)
         seen = seen_mask(prompts, model.config.vocab_size, device) if sampling.repetition_penalty != 1.0 else None
         input_ids, attention_mask = left_pad(prompts, device)
         # the whole prompt in one forward; the LM head runs on the last position only

@@ -21,6 +21,14 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
+def apply_presence_frequency_penalty(logits: torch.Tensor, counts: torch.Tensor, presence: float,
+                                     frequency: float) -> torch.Tensor:
+    """OpenAI's penalties: logit - presence * [count > 0] - frequency * count, where counts (B, V)
+    holds how often each token occurs among the tokens generated so far (not the prompt)."""
+    counts = counts.to(logits.dtype)
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(logits / T): T < 1 sharpens the distribution, T > 1 flattens it. T > 0."""
     return logits / temperature

@@ -42,6 +42,8 @@ class Block(nn.Module):
             h = self.mixer(h, inputs, slot)
         elif self.kind == "moe":  # padding takes no expert capacity; utilisation goes to moe_stats
             h = self.mixer(h, token_mask, moe_stats)
+        elif self.kind == "mamba" and getattr(slot, "varlen", False):
+            h = slot.forward_varlen(self.mixer, h)  # the engine's flattened batch: the slot splits it per sequence
         elif self.kind == "mamba":  # decode from the slot's state, or prefill (padding kept out of it)
             one = slot is not None and h.shape[1] == 1 and token_mask is None
             h = self.mixer.step(h, slot) if one else self.mixer(h, slot, token_mask)
@@ -154,6 +156,8 @@ class Decoder(nn.Module):
             x = block(x, inputs, slot, token_mask, moe_stats)
         if last_only:
             x = x[:, -1:]
+        elif step.out_index is not None:
+            x = x[:, step.out_index]
         return self.lm_head(self.final_norm(x))
 
     def _attention_inputs(self, step: CacheStep, dtype: torch.dtype) -> AttentionInputs:
@@ -163,6 +167,8 @@ class Decoder(nn.Module):
         if self.alibi_slopes is not None:
             allowed = allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window)
             return AttentionInputs(alibi_bias(allowed, step.q_pos, step.k_pos, self.alibi_slopes), False, cos, sin)
+        if step.attend is not None:  # the engine's paged attention finds each sequence's keys itself
+            return AttentionInputs(None, False, cos, sin, step.attend)
         if step.trivial:
             return AttentionInputs(None, step.n_new > 1, cos, sin)
         return AttentionInputs(allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window), False, cos, sin)

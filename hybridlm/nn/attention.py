@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,12 +28,15 @@ class AttentionInputs:
         (B, H, T, S) when ALiBi biases are folded in.
     is_causal: the mask is plain causal over T == S keys (lets SDPA skip materialising it).
     cos, sin: RoPE tables (B, T, 1, D) from `rope_cos_sin`, or None for other position schemes.
+    attend: None, or an attention function that replaces the layer's own for this forward (the
+        serving engine's paged attention, which reads the block pools its cache slots return).
     """
 
     mask: torch.Tensor | None
     is_causal: bool
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
+    attend: Callable | None = None
 
 
 def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -114,5 +118,6 @@ class Attention(nn.Module):
         if slot is not None:
             k, v = slot.update(k, v)  # (B, H_kv, S, D): everything this step attends over
         p = self.dropout if self.training else 0.0
-        o = self.attend(q, k, v, inputs.mask, inputs.is_causal, p)  # (B, H, T, D)
+        attend = self.attend if inputs.attend is None else inputs.attend
+        o = attend(q, k, v, inputs.mask, inputs.is_causal, p)  # (B, H, T, D)
         return self.wo(o.transpose(1, 2).reshape(b, t, h * d))

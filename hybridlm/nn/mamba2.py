@@ -12,6 +12,12 @@ Two entry points, as mamba_ssm has them: `forward` runs T tokens (training, pref
 prefill) with the chunked scan and leaves the conv and SSM state in the cache slot; `step` runs one
 token from the slot (decoding). Padding (left, from the attention mask) is made invisible: padded
 positions feed zeros into the conv and have dt = 0, so the state passes them unchanged.
+
+A slot that is `keeping` (speculative decoding: cache.keep_states) is also handed every token's conv
+input and SSM state, so the cache can roll the state back to any of them. The per-token states come
+from `ssd_scan_states`, written out by the scan itself rather than recomputed after acceptance: the
+state at the last accepted token is then exactly the one the verification used, and going back is a
+lookup. The price is T states per Mamba layer during the forward (T = k + 1 tokens verified).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
-from .ssd import ssd_scan_chunked, ssd_scan_ref, ssd_step
+from .ssd import ssd_scan_chunked, ssd_scan_ref, ssd_scan_states, ssd_step
 
 
 class GatedRMSNorm(nn.Module):
@@ -117,7 +123,11 @@ class Mamba2(nn.Module):
         if valid is not None:  # dt = 0: decay exp(0) = 1 and no input, the state passes unchanged
             dt = dt * valid[..., None]
         initial = None if slot is None else slot.ssm
-        if self.ssd_impl == "ref":
+        if slot is not None and slot.keeping:
+            y, states = ssd_scan_states(x, dt, A, B, C, initial)
+            slot.keep(window[:, :, self.d_conv - 1:], states)
+            final = states[:, -1]
+        elif self.ssd_impl == "ref":
             y, final = ssd_scan_ref(x, dt, A, B, C, initial)
         else:
             y, final = ssd_scan_chunked(x, dt, A, B, C, self.chunk_size, initial)
@@ -135,5 +145,7 @@ class Mamba2(nn.Module):
             xbc = xbc + self.conv1d.bias
         x, B, C, dt, A = self._ssm_inputs(F.silu(xbc), dt)
         y, state = ssd_step(slot.ssm, x, dt, A, B, C)
+        if slot.keeping:
+            slot.keep(window[:, :, -1:], state[:, None])
         slot.ssm.copy_(state)
         return self._output(y, x, z, hidden.dtype)[:, None]

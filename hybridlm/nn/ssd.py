@@ -150,3 +150,35 @@ def ssd_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torc
         state = (state.view(b, g, n, r, p) * decay_all).view(b, g, n, r * p) + Bc.transpose(-1, -2) @ weighted
     y = torch.cat(ys, dim=1).reshape(b, t, h, p)
     return y, state.view(b, g, n, r, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
+
+
+def ssd_scan_states(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same map as `ssd_scan_ref`, also returning the state after every token: for short
+    forwards whose state may be rolled back to any token (speculative verification, cache.py).
+
+    Returns y (B, T, H, P) and states (B, T, H, P, N); states[:, -1] is the final state. Mutates
+    nothing. Every state is written out, so the work is T states either way; this takes them all
+    at once from the unrolled recurrence (Sec. 3.2),
+        h_t = exp(cum_t) h_0 + sum_{s<=t} exp(cum_t - cum_s) dt_s x_s B_s^T,   cum_t = sum_{k<=t} dt_k A,
+    a few batched products instead of T Python steps, at T^2 H P N multiply-adds: meant for the
+    T ~ k + 1 <= 17 tokens of a verification, not a prompt.
+    """
+    _check(x, dt, A, B, C)
+    dtype = _compute_dtype(x)
+    rep = x.shape[2] // B.shape[2]
+    x, dt = x.to(dtype), dt.to(dtype)
+    B, C = B.to(dtype).repeat_interleave(rep, dim=2), C.to(dtype).repeat_interleave(rep, dim=2)  # (B, T, H, N)
+    cum = (dt * A.to(dtype)).cumsum(1).transpose(1, 2)  # (B, H, T)
+    t = x.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+    decay = _decay(cum[..., :, None] - cum[..., None, :]) * causal  # (B, H, T, S): exp(cum_t - cum_s), s <= t
+    b, _, h, p = x.shape
+    n = B.shape[-1]
+    inputs = ((dt[..., None] * x)[..., None] * B[:, :, :, None, :]).transpose(1, 2)  # (B, H, S, P, N)
+    # one (T, S) @ (S, P N) product per head
+    states = (decay @ inputs.reshape(b, h, t, p * n)).view(b, h, t, p, n).transpose(1, 2)  # (B, T, H, P, N)
+    h0 = _initial(x, B, initial_state, dtype)
+    states = states + _decay(cum).transpose(1, 2)[..., None, None] * h0[:, None]
+    y = (states @ C[..., None])[..., 0]  # (B, T, H, P)
+    return y, states

@@ -18,7 +18,7 @@ class TrainConfigError(ValueError):
 class TrainConfig:
     # what to train, on what, where
     preset: str  # model shape: a name in hybridlm.presets.PRESETS
-    data_dir: str  # a prepared dataset (hybridlm.data.shards format) with train and val splits
+    data_dir: str  # a prepared dataset (hybridlm.data.shards format) with train and val splits, or for seq2seq presets a synthetic task made on the fly: task:reverse or task:sort, optionally :MIN-MAX digits
     out_dir: str  # run directory: log.jsonl, loss.png, checkpoints/, model/ (HF export)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields replacing the preset's
     vocab_from_data: bool = True  # set the model's vocab_size to the dataset's (a preset is a shape)
@@ -45,6 +45,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     dropout: float | None = None  # replaces the model's dropout when set
     label_smoothing: float = 0.0  # cross-entropy label smoothing for the training loss (not validation)
+    qat: str | None = None  # quantization-aware training: linears fake-quantized as int<b>[-g<N>|-channel][-asym][-a8], e.g. int4-g32; the end also writes RUN_DIR/quantized
 
     # evaluation, logging, checkpoints
     eval_every: int = 100  # validate every this many steps (and at the end); 0 = only at the end
@@ -87,6 +88,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TrainConfigError(message)
+        if self.qat is not None:
+            from ..compress.qat import QATSpec  # the spec's grammar lives with the fake-quant modules
+
+            try:
+                QATSpec.parse(self.qat)
+            except ValueError as e:
+                raise TrainConfigError(str(e)) from None
 
     def global_batch(self, world_size: int) -> int:
         """Sequences per optimizer step over all ranks."""

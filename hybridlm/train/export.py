@@ -44,13 +44,27 @@ def export_hf(model: Decoder, out: str | os.PathLike, tokenizer: Tokenizer | Non
     """Write `model` (plain, unwrapped, CPU or not) to `out` as the HF architecture its config maps
     to, with tokenizer files. Returns the architecture, or None (and writes nothing) when the config
     has no HF equivalent (e.g. ALiBi positions); the training checkpoints still hold the weights."""
+    from ..checkpoints import hf_bert, hf_t5
     from ..checkpoints.hf import hf_arch_for, save_hf_checkpoint
 
-    try:
-        arch = hf_arch_for(model.config)
+    family = getattr(model.config, "family", "decoder")
+    try:  # encoders are written as BERT, encoder-decoders as T5, when their layout allows
+        if family == "encoder":
+            hf_bert.config_to_hf(model.config)  # raises when the layout has no HF equivalent
+            arch = "bert"
+        elif family == "seq2seq":
+            hf_t5.config_to_hf(model.config)
+            arch = "t5"
+        else:
+            arch = hf_arch_for(model.config)
     except CheckpointError:
         return None
-    save_hf_checkpoint(model, out, arch, overwrite=True)
+    if family == "encoder":
+        hf_bert.save_bert(model, out, overwrite=True)
+    elif family == "seq2seq":
+        hf_t5.save_t5(model, out, overwrite=True)
+    else:
+        save_hf_checkpoint(model, out, arch, overwrite=True)
     if tokenizer is not None:
         tokenizer.to_hf_files(out)
     return arch

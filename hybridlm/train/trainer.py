@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoints.errors import CheckpointError
 from ..config import ModelConfig
-from ..data.shards import ShardError, TokenShards
 from ..device import cpu_has_native_bf16
+from ..models import build_model
 from ..models.decoder import Decoder
 from ..presets import get_preset
 from . import checkpoint as ckpt
@@ -32,7 +32,8 @@ from . import distributed
 from .config import TrainConfig, TrainConfigError
 from .data import TrainBatches, validation_batches
 from .export import dataset_tokenizer, export_hf
-from .loss import lm_loss, mean_fields, moe_log_fields, new_moe_stats
+from .loss import mean_fields, moe_log_fields, new_moe_stats
+from .objectives import family_overrides, objective_for, open_splits, tied_pairs
 from .metrics import RunLog, measure_peak_flops, plot_losses, training_flops_per_token
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -59,6 +60,7 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         overrides.setdefault("vocab_size", vocab_size)
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
+    overrides.update(family_overrides(get_preset(cfg.preset).family, overrides, vocab_size))  # MLM's [MASK]
     model_cfg = get_preset(cfg.preset, **overrides)
     if model_cfg.vocab_size < vocab_size:
         raise TrainConfigError(f"the dataset's vocabulary ({vocab_size}) is larger than the model's "
@@ -99,27 +101,34 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 class Trainer:
     """State of one invocation of a run (see `train`)."""
 
-    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext):
+    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext, model: Decoder | None = None):
         self.cfg, self.ctx = cfg, ctx
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out_dir)
-        self.train_data = TokenShards(cfg.data_dir, "train")
-        try:
-            self.val_data = TokenShards(cfg.data_dir, "val")
-        except ShardError:
-            self.val_data = None
-        self.model_cfg = build_model_config(cfg, self.train_data.vocab_size)
+        family = get_preset(cfg.preset).family if model is None else model.config.family
+        self.train_data, self.val_data = open_splits(cfg.data_dir, cfg.seed, family)  # token shards or a `task:` spec
+        self.model_cfg = build_model_config(cfg, self.train_data.vocab_size) if model is None else model.config
+        if model is not None and (model.config.vocab_size < self.train_data.vocab_size
+                                  or model.config.max_seq_len < cfg.seq_len):
+            raise TrainConfigError(f"the given model (vocab {model.config.vocab_size}, context "
+                                   f"{model.config.max_seq_len}) cannot read this data at seq_len {cfg.seq_len}")
         self.world = ctx.world_size
         self.global_batch = cfg.global_batch(self.world)
         self.accum = cfg.accumulation_steps(self.world)
-        self.batches = TrainBatches(self.train_data, cfg.seq_len, cfg.seed)
+        self.objective = objective_for(self.model_cfg, self.train_data.vocab_size)
+        self.batches = self.train_data if hasattr(self.train_data, "micro_batch") else \
+            TrainBatches(self.train_data, cfg.seq_len, cfg.seed)
         self.autocast_dtype = resolve_precision(cfg.precision, ctx.device)
         self.step, self.samples_seen, self.prior_elapsed = 0, 0, 0.0
         resume_from = self._prepare_run_dir()
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        base = Decoder(self.model_cfg).to(ctx.device)
+        base = (build_model(self.model_cfg) if model is None else model).to(ctx.device)
+        if cfg.qat:  # the linears compute with fake-quantized weights; parameters and state dict unchanged
+            from ..compress.qat import QATSpec, prepare_qat
+
+            prepare_qat(base, QATSpec.parse(cfg.qat))
         self.params = sum(p.numel() for p in base.parameters())
         self.flops_per_token = training_flops_per_token(self.model_cfg, cfg.seq_len)
         if cfg.activation_checkpointing:
@@ -184,8 +193,7 @@ class Trainer:
             with distributed.gradient_sync(self.model, micro == self.accum - 1):
                 with self._autocast():
                     kwargs = {} if stats is None else {"moe_stats": stats}
-                    logits = self.model(batch[:, :-1], **kwargs)  # (B, T, V)
-                    loss = lm_loss(logits, batch[:, 1:], cfg.label_smoothing)
+                    loss = self.objective.loss(self.model, batch, cfg.label_smoothing, **kwargs)
                     total = loss
                     if stats is not None:  # read before backward: recomputed blocks record again
                         total = loss + self.model_cfg.moe_aux_loss_coef * stats.aux_loss.to(loss.device)
@@ -223,16 +231,20 @@ class Trainer:
         """Mean validation cross-entropy (no label smoothing) and perplexity over all ranks."""
         if self.val_data is None or self.cfg.eval_sequences == 0:
             return None
-        batches = validation_batches(self.val_data, self.cfg.seq_len, self.cfg.eval_sequences, self.ctx.rank,
-                                     self.world, self.cfg.micro_batch_size)
+        if hasattr(self.val_data, "validation_batches"):  # a synthetic task's held-out split
+            batches = self.val_data.validation_batches(self.cfg.eval_sequences, self.ctx.rank, self.world,
+                                                       self.cfg.micro_batch_size)
+        else:
+            batches = validation_batches(self.val_data, self.cfg.seq_len, self.cfg.eval_sequences, self.ctx.rank,
+                                         self.world, self.cfg.micro_batch_size)
         self.model.eval()
         total, count = 0.0, 0
         for batch in batches:
             batch = batch.to(self.ctx.device)
             with self._autocast():
-                logits = self.model(batch[:, :-1])
-            total += lm_loss(logits, batch[:, 1:], reduction="sum").item()
-            count += batch[:, 1:].numel()
+                batch_total, batch_count = self.objective.eval_sums(self.model, batch)
+            total += batch_total
+            count += batch_count
         self.model.train()
         total, count = self.ctx.sum([total, count])
         if count == 0:
@@ -246,8 +258,8 @@ class Trainer:
         dict on rank 0 ({} elsewhere) for the export."""
         model_sd, optim_sd = distributed.full_state(self.model, self.optimizer, self.ctx)
         if self.ctx.is_main:
-            if self.model_cfg.tie_embeddings:  # FSDP gathers the tied matrix twice: store it once
-                model_sd["lm_head.weight"] = model_sd["embed.weight"]
+            for alias, target in tied_pairs(self.model_cfg):  # FSDP gathers the tied matrix twice: store it once
+                model_sd[alias] = model_sd[target]
             state = {"step": self.step, "samples_seen": self.samples_seen, "tokens_seen": self.samples_seen * self.cfg.seq_len,
                      "seed": self.cfg.seed, "world_size": self.world, "elapsed_s": elapsed,
                      "rng": "torch.manual_seed(step_seed(seed, step, rank)) at the start of every step",
@@ -263,10 +275,27 @@ class Trainer:
         """RUN_DIR/model as an HF checkpoint with the dataset's tokenizer (rank 0)."""
         if not (self.ctx.is_main and self.cfg.export_hf):
             return None
-        model = Decoder(self.model_cfg)
+        model = build_model(self.model_cfg)
         model.load_state_dict(model_sd)
-        tokenizer = dataset_tokenizer(self.cfg.data_dir, self.train_data.manifest)
-        return export_hf(model, self.run_dir / "model", tokenizer)
+        if hasattr(self.train_data, "tokenizer"):  # a synthetic task brings its own vocabulary
+            tokenizer = self.train_data.tokenizer()
+        else:
+            tokenizer = dataset_tokenizer(self.cfg.data_dir, self.train_data.manifest)
+        exported = export_hf(model, self.run_dir / "model", tokenizer)
+        if self.cfg.qat and isinstance(model, Decoder):
+            self.export_quantized(model, tokenizer)
+        return exported
+
+    def export_quantized(self, model: Decoder, tokenizer) -> Path:
+        """RUN_DIR/quantized: the QAT model converted to the codes its fake-quant forward used
+        (compress/qat.py), as a `hybridlm quantize` directory. Mutates `model` (a fresh copy)."""
+        from ..checkpoints.quantized import save_quantized
+        from ..compress.qat import QATSpec, convert_qat, prepare_qat, qat_summary
+
+        spec = QATSpec.parse(self.cfg.qat)
+        prepare_qat(model, spec)
+        convert_qat(model)
+        return save_quantized(model, tokenizer, self.run_dir / "quantized", qat_summary(spec), overwrite=True)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -318,13 +347,14 @@ class Trainer:
                            self.step >= cfg.max_steps, exported)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, model: Decoder | None = None) -> TrainResult:
     """Train (or, with cfg.resume, continue) the run described by `cfg`. Under torchrun, every rank
     calls this; only rank 0 writes. Writes RUN_DIR/{log.jsonl, loss.png, train_config.json,
-    checkpoints/, model/}."""
+    checkpoints/, model/}. model: start from this model's weights and config instead of a fresh
+    `cfg.preset` (pruning's recovery fine-tuning); one process trains it in place."""
     ctx = distributed.setup(cfg.device, cfg.fsdp)
     try:
-        return Trainer(cfg, ctx).run()
+        return Trainer(cfg, ctx, model).run()
     finally:
         distributed.teardown(ctx)
 

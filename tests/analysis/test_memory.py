@@ -141,3 +141,33 @@ def test_memory_summary_for_info():
     mem = memory_summary(cfg, 2)
     assert mem.params == count_parameters(cfg) and mem.weight_bytes == 2 * mem.params
     assert mem.kv_bytes_at_context == cache_bytes(cfg, cfg.max_seq_len, bytes_per_element=2)
+
+
+# -- int8 KV cache (kv_quant.py): predictions held against the real int8 tensors and their scales
+
+@pytest.mark.parametrize("name, n, chunk", [
+    ("llama-tiny", 96, None),  # dense GQA
+    ("mistral-tiny", 150, 50),  # a ring of 63 int8 tokens
+    ("nemotron-h-tiny", 100, 40),  # int8 KV of one attention layer + the float32 Mamba state
+])
+def test_int8_cache_bytes_match_the_real_cache(name, n, chunk):
+    cfg = get_preset(name)
+    torch.manual_seed(0)
+    model = Decoder(cfg).eval()
+    cache = model.new_cache(2, kind="static", max_len=n, kv_dtype="int8")
+    ids = torch.randint(0, cfg.vocab_size, (2, n))
+    with torch.no_grad():
+        for start in range(0, n, chunk or n):
+            model(ids[:, start:start + (chunk or n)], cache)
+    assert cache.nbytes() == cache_bytes(cfg, n, batch=2, kv_dtype="int8")
+
+
+def test_int8_kv_is_a_quarter_of_float32_plus_scales():
+    cfg = get_preset("smollm2-135m")  # head_dim 64: (64 + 4) / (64 x 4) bytes
+    ratio = cache_bytes_per_token(cfg, 4, "int8") / cache_bytes_per_token(cfg, 4)
+    assert ratio == pytest.approx((64 + 4) / 256)
+    assert cache_bytes_per_token(cfg, 4, "int8") == 2 * 30 * 3 * (64 + 4)
+    summary = memory_summary(cfg, 4, kv_dtype="int8")
+    assert summary.kv_bytes_at_context == cfg.max_seq_len * summary.kv_bytes_per_token
+    with pytest.raises(ValueError, match="int8"):
+        cache_bytes_per_token(cfg, 4, "int4")

@@ -36,12 +36,14 @@ def test_speedrun_trains_every_model_in_turns(tmp_path, capsys):
 def test_decode_bench_reports_our_engine(capsys):
     threads = torch.get_num_threads()
     try:
-        decode.main(["--peers", "", "--runs", "1", "--prompt-tokens", "16", "--new-tokens", "4",
+        decode.main(["--engines", "hybridlm:q4_1", "--runs", "1", "--prompt-tokens", "16", "--new-tokens", "4",
                      "--threads", str(threads)])
     finally:
         torch.set_num_threads(threads)
     report = last_json(capsys.readouterr().out)
     (row,) = report["results"]
-    assert row["engine"] == "hybridlm" and report["memory_read_gb_s"] > 0
-    for key in ("load_s", "prefill_tok_s", "decode_tok_s", "weight_gb_s"):  # the README table's columns
-        assert row[key] > 0, key
+    assert row["engine"] == "hybridlm:q4_1" and report["memory_read_gb_s"] > 0 and report["cpu_model"]
+    for key in ("load_s", "prefill_tok_s", "decode_tok_s", "weight_gb_s", "floor_tok_s", "of_floor"):
+        assert row[key] > 0, key  # the README table's columns
+    # the Q4_1 layers and Q8_0 head as stored: ~4.5-8.5 bits a weight, not float32's 540 MB
+    assert 60 < row["weight_mb"] < 150

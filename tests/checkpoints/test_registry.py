@@ -15,11 +15,20 @@ from hybridlm.models.decoder import Decoder
 
 
 def test_known_models():
-    assert known_models() == ["smollm2-135m"]
+    assert known_models() == ["all-minilm-l6-v2", "smollm2-135m"]
+
+
+def test_packaged_hf_directory_resolves_and_loads_as_an_encoder():
+    from hybridlm.models.encoder import Encoder
+
+    name, source, fmt = resolve("all-minilm-l6-v2")
+    assert (name, fmt) == ("all-minilm-l6-v2", "hf") and (source / "config.json").is_file()
+    loaded = load_model("all-minilm-l6-v2")
+    assert isinstance(loaded.model, Encoder) and loaded.model.config.n_layers == 6
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(CheckpointError, match="unknown model 'gpt-17'.*known: smollm2-135m") as info:
+    with pytest.raises(CheckpointError, match="unknown model 'gpt-17'.*known: all-minilm-l6-v2, smollm2-135m") as info:
         load_model("gpt-17")
     assert "\n" not in str(info.value)
 

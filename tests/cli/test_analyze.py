@@ -90,3 +90,18 @@ def test_compare_writes_table_plots_and_predicted_cache_bytes(cli, tmp_path):
 def test_compare_rejects_bad_contexts(cli):
     code, out, err = cli("compare", "llama-tiny", "nemotron-h-tiny", "--contexts", "1k,x")
     assert code != 0 and "bad context length" in err
+
+
+def test_analyze_int8_kv_cache_bytes_equal_a_real_int8_cache(cli):
+    code, out, _ = cli("analyze", "llama-tiny", "--context", "50", "--batch", "2", "--dtype", "float32",
+                       "--kv-cache", "int8", "--json")
+    assert code == 0
+    result = json.loads(out)
+    cfg = get_preset("llama-tiny")
+    model = Decoder(cfg).eval()
+    cache = model.new_cache(2, kind="static", max_len=50, kv_dtype="int8")
+    with torch.no_grad():
+        model(torch.randint(0, cfg.vocab_size, (2, 50)), cache)
+    assert result["kv_dtype"] == "int8"
+    assert result["cache_bytes_at_context"] == cache.nbytes()
+    assert result["cache_bytes_per_token"] < 0.3 * result["kv_bytes_per_token_in_dtype"]

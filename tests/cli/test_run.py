@@ -190,3 +190,60 @@ def test_generate_and_info_on_a_hybrid_checkpoint(cli, tmp_path):
     assert info["mamba_state_bytes"] == (128 + 2 * 2 * 16) * 3 * 4 + 8 * 16 * 16 * 4
     code, out, _ = cli("info", str(tmp_path))
     assert code == 0 and "Mamba state" in out
+
+
+def test_generate_with_an_int8_kv_cache(cli):
+    args = ["generate", "smollm2-135m", "The capital of France is", "--json", "--ignore-eos", *GREEDY]
+    _, plain, _ = cli(*args)
+    code, int8, _ = cli(*args, "--kv-cache", "int8")
+    plain, int8 = json.loads(plain), json.loads(int8)
+    assert code == 0
+    assert int8["token_ids"][:4] == plain["token_ids"][:4]
+    assert int8["cache_bytes"] < 0.3 * plain["cache_bytes"]  # int8 codes + a float32 scale per 64 values
+
+
+def test_info_reports_the_int8_kv_cache(cli):
+    code, out, _ = cli("info", "smollm2-135m", "--kv-cache", "int8", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["kv_cache"] == "int8"
+    assert info["kv_bytes_per_token"] == 30 * 2 * 3 * (64 + 4)
+    _, text, _ = cli("info", "smollm2-135m", "--kv-cache", "int8")
+    assert "26.6% of float32" in text
+
+
+def test_compile_with_an_int8_kv_cache_is_an_error(cli, assert_one_line_error):
+    assert_one_line_error(*cli("generate", "smollm2-135m", "Hi", "--compile", "--kv-cache", "int8"), "--kv-cache int8")
+
+
+@pytest.mark.parametrize("flags,quantized,act_mode", [
+    ([], True, "fast"),  # the default: the GGUF's own blocks, int8 activations as llama.cpp
+    (["--quant-act", "exact"], True, "exact"),
+    (["--dtype", "float32"], False, None),  # an explicit dtype dequantizes
+])
+def test_gguf_precision_follows_dtype_and_quant_act(flags, quantized, act_mode):
+    from hybridlm.cli import build_parser, run
+    from hybridlm.nn.quant import QuantLinear
+
+    args = build_parser().parse_args(["generate", "smollm2-135m", "hi", "--linear", "ref", *flags])
+    model = run._load(args).model
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == (4 * 30 + 1 if quantized else 0)  # 30 blocks of wqkv, wo, w_in, w_out, and the head
+    assert {m.act_mode for m in layers} == ({act_mode} if quantized else set())
+
+
+def test_exact_activations_give_the_float32_tokens(cli):
+    args = ["generate", "smollm2-135m", "The capital of France is", "--json", "--ignore-eos", *GREEDY]
+    _, exact, _ = cli(*args, "--quant-act", "exact")
+    _, floating, _ = cli(*args, "--dtype", "float32")
+    assert json.loads(exact)["token_ids"] == json.loads(floating)["token_ids"]
+
+
+def test_info_reports_the_quantized_kernel_path(cli):
+    from hybridlm.kernels import qmatmul
+
+    code, out, _ = cli("info", "smollm2-135m", "--json")
+    kernels = json.loads(out)["quant_kernels"]
+    assert code == 0 and kernels["native"] and kernels["isa"] == qmatmul.isa()
+    assert kernels["isa"] in kernels["supported_isas"] and "portable" in kernels["supported_isas"]
+    _, text, _ = cli("info", "smollm2-135m")
+    assert f"quant kernels   native {qmatmul.isa()}" in text

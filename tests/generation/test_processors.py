@@ -128,3 +128,13 @@ def test_repetition_penalty_matches_transformers(random_logits, penalty):
 
 def test_probabilities_of_hand_made_logits_are_what_the_tests_assume():
     assert math.isclose(LOGITS.softmax(-1)[0, 1].item(), 0.5, rel_tol=1e-6)
+
+
+def test_presence_and_frequency_penalties_follow_openais_formula():
+    from hybridlm.generation.processors import apply_presence_frequency_penalty
+
+    logits = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
+    counts = torch.tensor([[0, 1, 3, 0]])
+    out = apply_presence_frequency_penalty(logits, counts, presence=0.5, frequency=0.25)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0 - 0.5 - 0.25, -1.0 - 0.5 - 0.75, 0.5]]))
+    assert torch.equal(logits, torch.tensor([[1.0, 2.0, -1.0, 0.5]]))  # input untouched

@@ -39,3 +39,43 @@ def test_ref_keeps_nn_linear_and_packed_refuses_bf16():
     with pytest.raises(ValueError, match="float32"):
         pack_linears(model.to(torch.bfloat16), "packed")
     assert pack_linears(model, "auto") == 0
+
+
+def test_choose_fastest_picks_the_faster_of_two_fake_candidates():
+    import time
+
+    from hybridlm.nn.packed_linear import choose_fastest
+
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.004)
+
+    def fast():
+        calls.append("fast")
+        time.sleep(0.001)
+
+    seconds = choose_fastest({"slow": slow, "fast": fast}, rounds=5)
+    assert min(seconds, key=seconds.get) == "fast" and seconds["slow"] > seconds["fast"]
+    # one warm-up each, then the candidates take turns
+    assert calls == ["slow", "fast"] + ["slow", "fast"] * 5
+
+
+def test_auto_measures_on_the_models_layers_and_both_candidates_agree():
+    import copy
+
+    from hybridlm.nn.packed_linear import choose_linear_impl
+
+    torch.manual_seed(0)
+    model = Decoder(get_preset("llama-tiny")).eval()
+    choice = choose_linear_impl(model, "auto", rounds=3)
+    assert choice.impl in ("packed", "ref") and set(choice.seconds) == {"packed", "ref"}
+    assert "layer shapes" in choice.reason
+    packed = copy.deepcopy(model)
+    assert pack_linears(packed, "packed") > 0 and pack_linears(model, "ref") == 0
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids), model(ids), atol=1e-5, rtol=1e-5)
+    chosen = copy.deepcopy(model)
+    assert (pack_linears(chosen, choice) > 0) == (choice.impl == "packed")

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (perplexity.py) and, per the evaluation issue, task scoring."""
