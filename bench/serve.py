@@ -23,8 +23,8 @@ Engines: (a) `hybridlm serve --scheduling continuous`, (b) `--scheduling static`
 for its longest member), each a subprocess; (c) `transformers` generate, in this process, one
 request after another, float32 (its throughput = tokens / wall time; concurrency does not apply,
 so it runs once per workload on the first --seq-requests requests); (d) llama.cpp's server
-(`python -m llama_cpp.server` from --llama-python, default /work/llamavenv/bin/python), skipped with
-a note when llama_cpp is not importable there.
+(`python -m llama_cpp.server` from --llama-python, default $HYBRIDLM_LLAMA_PYTHON, this Python or
+/work/llamavenv's, as bench/llama_peer.py looks), skipped with a note when none imports llama_cpp.
 
 Soak (--soak SECONDS): a continuous-batching server gets --soak-streams concurrent streaming
 clients for SECONDS; each request is cut off after a random number of chunks with probability
@@ -56,7 +56,6 @@ from hybridlm.server.latency import request_latency
 
 from .common import emit_json, environment, print_table, progress
 
-LLAMA_PYTHON = "/work/llamavenv/bin/python"
 MODEL_ID = "bench"  # the model id every server is started with and every request names
 
 
@@ -251,7 +250,9 @@ def start_hybridlm(args, scheduling: str, extra: list[str] = ()) -> Server:
 
 
 def start_llama_cpp(args, gguf: Path) -> Server | None:
-    python = args.llama_python
+    from .llama_peer import find_llama_python
+
+    python = args.llama_python or find_llama_python()
     if not (python and Path(python).exists()) or subprocess.run(
             [python, "-c", "import llama_cpp.server"], capture_output=True).returncode != 0:
         progress(f"llama.cpp: {python} cannot import llama_cpp.server: skipping that row")
@@ -339,7 +340,7 @@ def run_benchmark(args, tokenizer, gguf: Path) -> dict:
             elif name == "llama.cpp":
                 s = start_llama_cpp(args, gguf)
                 if s is None:
-                    notes.append("llama.cpp skipped: llama_cpp.server not importable by " + str(args.llama_python))
+                    notes.append("llama.cpp skipped: no Python with llama_cpp.server found")
                 else:
                     servers[name] = s
             elif name != "transformers":
@@ -512,7 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv-memory", default="512M")
     ap.add_argument("--max-num-seqs", type=int, default=64)
-    ap.add_argument("--llama-python", default=LLAMA_PYTHON, help="a Python with llama-cpp-python[server]")
+    ap.add_argument("--llama-python", default=None,
+                    help="a Python with llama-cpp-python[server] (default: as bench/llama_peer.py finds one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--soak", type=float, default=0, help="seconds of soak instead of the benchmark")
     ap.add_argument("--soak-streams", type=int, default=64)

@@ -39,3 +39,14 @@ def tiny_llama_dir(tmp_path_factory, pydoc_text) -> Path:
     save_hf_checkpoint(model, path, hf_arch_for(model.config), overwrite=True)
     Tokenizer.train_bpe([pydoc_text[:200_000]], vocab_size=1024).to_hf_files(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: a second thread costs more than it gives, and far more on a loaded machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,13 +14,7 @@ from hybridlm.presets import get_preset
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: a second thread costs more than it gives, and far more on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model(name, **overrides):
     torch.manual_seed(0)

@@ -40,7 +40,8 @@ def cmd_report(args) -> int:
     header = {"CPU": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "native kernels": qmatmul.isa() if qmatmul.available() else "unavailable (reference path)",
               "perplexity": f"{cfg.eval_tokens} held-out tokens of the default corpus, window {cfg.window}, "
-                            f"stride {cfg.stride}",
+                            f"stride {cfg.stride}; quantized layers scored through their decode kernels "
+                            "(fast mode: int8 activations)",
               "decode": f"median of {cfg.decode_runs} greedy runs of {cfg.decode_tokens} tokens at batch 1 "
                         f"after a {cfg.prompt_tokens}-token prompt",
               "caveat": "float32 = the model as loaded in float32; for a GGUF source that is its quantized "

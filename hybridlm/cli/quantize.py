@@ -111,8 +111,8 @@ def register(sub) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
     p.add_argument("--method", required=True, metavar="METHOD",
-                   help="rtn, gptq, awq, nf4, kmeans, fp8, fp4 (see below) or another registered in "
-                        "hybridlm/compress/registry.py")
+                   help="rtn, gptq, awq, nf4, kmeans, fp8, fp4, smoothquant, w8a8 (see below) or another "
+                        "registered in hybridlm/compress/registry.py")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty unless --overwrite)")
     p.add_argument("--bits", type=int, default=None, help="4 or 8 (default: the method's, see below)")
     p.add_argument("--group-size", default=None,

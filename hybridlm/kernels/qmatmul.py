@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -117,6 +118,22 @@ def gemm_rows() -> int:
 def set_gemm_rows(rows: int) -> None:
     load()
     _State.lib.hlm_qmatmul_set_gemm_rows(int(rows))
+
+
+@contextmanager
+def row_kernels_only():
+    """Every activation row through the decode kernels (fast mode's int8 activations included) for
+    the duration, never the dequantized-tile GEMM: how a score of many tokens at once sees exactly
+    the arithmetic that decoding token by token does. A no-op without the library."""
+    if not available():
+        yield
+        return
+    before = gemm_rows()
+    set_gemm_rows(1 << 62)
+    try:
+        yield
+    finally:
+        set_gemm_rows(before)
 
 
 def describe() -> dict:

@@ -13,8 +13,17 @@ SMALL = dict(eval_tokens=300, window=64, stride=32, calib_tokens=256, prompt_tok
 
 @pytest.fixture(scope="module")
 def rows(tiny_llama_dir):
+    from hybridlm.nn import packed_linear
+
     variants = ("float32", "w8-rtn", "w4-rtn-g32", "gguf-q8_0", "mlp-channels-25%", "drop-2-layers")
-    return {r.variant: r for r in run_report(ReportConfig(model=str(tiny_llama_dir), variants=variants, **SMALL))}
+    # packing (chosen by a timing on fast machines) must not change what is counted as weights
+    with pytest.MonkeyPatch.context() as mp:
+        pack = packed_linear.pack_linears
+        float_only = lambda model: not any(type(m).__name__ == "QuantLinear" for m in model.modules())
+        mp.setattr(packed_linear, "pack_linears",
+                   lambda model, impl="auto": pack(model, "packed" if float_only(model) else impl))
+        report = run_report(ReportConfig(model=str(tiny_llama_dir), variants=variants, **SMALL))
+    return {r.variant: r for r in report}
 
 
 def test_bytes_fall_with_bits_and_pruning(rows):
@@ -37,6 +46,8 @@ def test_float_row_is_the_shared_scorer_on_the_loaded_model(rows, tiny_llama_dir
     with torch.inference_mode():
         expected = perplexity(lm.model.eval(), ids, SMALL["window"], SMALL["stride"]).perplexity
     assert rows["float32"].perplexity == pytest.approx(expected, rel=1e-4)
+    assert rows["float32"].weight_bytes == weight_bytes(lm.model)[0] == \
+        sum(p.numel() * 4 for p in lm.model.parameters())  # float32, the tied tensor once
     # int8 weights move perplexity a little, not a lot
     assert rows["w8-rtn"].perplexity == pytest.approx(expected, rel=0.05)
 

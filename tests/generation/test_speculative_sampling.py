@@ -17,12 +17,7 @@ N_SAMPLES = 8000  # rows of one batch, each an independent sample
 PROMPT = [3, 1, 4, 1, 5, 2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(make_decoder, seed, name="llama-tiny", std=0.05):

@@ -38,12 +38,7 @@ def row_by_row_decoder(preset, **overrides):
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def verify_and_step(model, prompts, new, kind="dynamic", decode=True):

@@ -35,10 +35,8 @@ def isa(request):
 @pytest.fixture
 def kernel_rows():
     """Every row count through the kernels (not the dequantize + GEMM path), restored afterwards."""
-    before = qmatmul.gemm_rows()
-    qmatmul.set_gemm_rows(10**9)
-    yield
-    qmatmul.set_gemm_rows(before)
+    with qmatmul.row_kernels_only():
+        yield
 
 
 def make_weight(fmt: str, n: int, k: int, group: int, scale_dtype=torch.float16, asym=False, lut_per_row=False,
