@@ -108,7 +108,10 @@ class QuantLinear(nn.Module):
             self.set_kernel("native")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "native" and x.device.type == "cpu":
+        # the native op has no backward: a forward autograd records (gradients through a quantized
+        # model, as QLoRA needs) takes the differentiable reference, exact in both modes
+        recorded = x.requires_grad and torch.is_grad_enabled()
+        if self.kernel == "native" and x.device.type == "cpu" and not recorded:
             return torch.ops.hybridlm.qlinear(x, self.codes, self.scales, self.offsets, self.lut, self.bias,
                                               self.scale_tiles, self.fmt, self.group_size, self._act_mode)
         return quant_linear_ref(x, self.weight_q, self.bias)

@@ -42,6 +42,22 @@ def test_auto_picks_native_and_both_modes_match_their_references():
     assert torch.equal(m(x), quant_linear_ref(x, w, bias)) and m.scale_tiles is None
 
 
+def test_inputs_that_need_gradients_take_the_differentiable_reference():
+    """A model with trainable embeddings (or LoRA on a quantized base) records the forward: the
+    native op has no backward, so such inputs go through dequantize + F.linear."""
+    w, bias = int4_weight(), torch.randn(12)
+    m = QuantLinear(w, bias, act_mode="fast")
+    x = torch.randn(40, 128, requires_grad=True)  # 40 rows: the GEMM path, which refused autograd
+    y = m(x)
+    y.square().sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    quant_linear_ref(x_ref, w, bias).square().sum().backward()
+    torch.testing.assert_close(y, quant_linear_ref(x_ref, w, bias))
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    with torch.no_grad():  # not recorded: the native op again, in its own mode (3 rows: the row kernels)
+        assert close(m(x[:3]), quant_linear_fast_ref(x[:3].detach(), w, bias))
+
+
 def test_formats_without_native_kernel_say_so():
     m = QuantLinear(lut8_weight())
     assert m.kernel == "ref" and "lut8 has no native kernel" in m.extra_repr()
