@@ -2,24 +2,7 @@ import pytest
 import torch
 
 from hybridlm.cache import CacheFullError
-from hybridlm.models.decoder import Decoder
-from hybridlm.presets import get_preset
-
-
-def _model(name, **overrides):
-    torch.manual_seed(0)
-    model = Decoder(get_preset(name, **overrides)).eval()
-    with torch.no_grad():  # larger weights than the init so logits are far from uniform
-        for p in model.parameters():
-            p.normal_(0, 0.1) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    return model
-
-
-def _stepwise(model, ids, cache, first=5):
-    out = [model(ids[:, :first], cache)]
-    for i in range(first, ids.shape[1]):
-        out.append(model(ids[:, i:i + 1], cache))
-    return torch.cat(out, dim=1)
+from tests.cache_helpers import sharp_model, stepwise
 
 
 CASES = [
@@ -35,22 +18,22 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name, kwargs", CASES)
 def test_cached_decoding_equals_full_recompute(name, kwargs, dtype):
-    model = _model(name, sliding_window=6) if name == "mistral-tiny" else _model(name)
+    model = sharp_model(name, sliding_window=6) if name == "mistral-tiny" else sharp_model(name)
     model.to(dtype)
     ids = torch.randint(0, 1024, (2, 30))
     with torch.no_grad():
         full = model(ids)
-        cached = _stepwise(model, ids, model.new_cache(2, **kwargs))
+        cached = stepwise(model, ids, model.new_cache(2, **kwargs))
     # float64 shows the algebra is exact; float32 differs only by summation order (1e-5 of the logit scale)
     tol = 1e-12 if dtype == torch.float64 else 1e-5 * full.abs().max().item()
     torch.testing.assert_close(cached, full, atol=tol, rtol=0)
 
 
 def test_window_cache_keeps_only_the_window():
-    model = _model("mistral-tiny", sliding_window=6)
+    model = sharp_model("mistral-tiny", sliding_window=6)
     cache = model.new_cache(1, kind="dynamic", window_only=True)
     with torch.no_grad():
-        _stepwise(model, torch.randint(0, 1024, (1, 50)), cache)
+        stepwise(model, torch.randint(0, 1024, (1, 50)), cache)
     cfg = model.config
     per_slot = 2 * cfg.n_kv_heads * 5 * cfg.head_dim * 4  # window - 1 keys and values, float32
     assert cache.nbytes() == cfg.n_attention_layers * per_slot
@@ -58,7 +41,7 @@ def test_window_cache_keeps_only_the_window():
 
 
 def test_dynamic_cache_grows_by_doubling():
-    model = _model("llama-tiny")
+    model = sharp_model("llama-tiny")
     cache = model.new_cache(1, kind="dynamic", max_len=16)
     with torch.no_grad():
         model(torch.randint(0, 1024, (1, 16)), cache)
@@ -68,14 +51,14 @@ def test_dynamic_cache_grows_by_doubling():
 
 
 def test_static_cache_refuses_to_overflow():
-    model = _model("llama-tiny")
+    model = sharp_model("llama-tiny")
     cache = model.new_cache(1, kind="static", max_len=8)
     with torch.no_grad(), pytest.raises(CacheFullError, match="8 tokens"):
         model(torch.randint(0, 1024, (1, 9)), cache)
 
 
 def test_reorder_moves_rows():
-    model = _model("llama-tiny")
+    model = sharp_model("llama-tiny")
     ids = torch.randint(0, 1024, (2, 6))
     cache = model.new_cache(2)
     with torch.no_grad():

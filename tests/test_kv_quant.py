@@ -9,27 +9,12 @@ from hybridlm.cache import Cache, CacheFullError
 from hybridlm.generation.generate import generate
 from hybridlm.generation.sampling import SamplingConfig
 from hybridlm.kv_quant import Int8KVSlot, dequantize_kv, quantize_kv
-from hybridlm.models.decoder import Decoder
 from hybridlm.presets import get_preset
-
+from tests.cache_helpers import sharp_model, stepwise
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-def _model(name, **overrides):
-    torch.manual_seed(0)
-    model = Decoder(get_preset(name, **overrides)).eval()
-    with torch.no_grad():  # larger weights than the init so logits are far from uniform
-        for p in model.parameters():
-            p.normal_(0, 0.1) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    return model
-
-
-def _stepwise(model, ids, cache, first=5):
-    out = [model(ids[:, :first], cache)]
-    for i in range(first, ids.shape[1]):
-        out.append(model(ids[:, i:i + 1], cache))
-    return torch.cat(out, dim=1)
 
 
 def test_quantize_kv_bound_shapes_and_zero_tokens():
@@ -55,29 +40,29 @@ CASES = [
 
 @pytest.mark.parametrize("name, kwargs", CASES)
 def test_int8_cached_decode_equals_int8_prefill(name, kwargs):
-    model = _model(name, sliding_window=6) if name == "mistral-tiny" else _model(name)
+    model = sharp_model(name, sliding_window=6) if name == "mistral-tiny" else sharp_model(name)
     # float64: in float32 the last-bit differences between a prefill's and a step's matmuls can move
     # a K value across a rounding boundary of the int8 grid, and one code off is a real difference
     model.to(torch.float64)
     ids = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         if kwargs.get("window_only"):  # a ring cannot prefill more than its window in one forward
-            one_shot = _stepwise(model, ids, model.new_cache(2, kind="dynamic", window_only=False, kv_dtype="int8"))
+            one_shot = stepwise(model, ids, model.new_cache(2, kind="dynamic", window_only=False, kv_dtype="int8"))
         else:
             one_shot = model(ids, model.new_cache(2, kv_dtype="int8", **kwargs))
         cache = model.new_cache(2, kv_dtype="int8", **kwargs)
-        stepped = _stepwise(model, ids, cache)
+        stepped = stepwise(model, ids, cache)
     assert all(isinstance(s, Int8KVSlot) for s in cache.slots if s is not None and hasattr(s, "k"))
     torch.testing.assert_close(stepped, one_shot, atol=1e-9 * one_shot.abs().max().item(), rtol=0)
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "nemotron-h-tiny"])
 def test_int8_cache_is_close_to_the_float_cache(name):
-    model = _model(name)
+    model = sharp_model(name)
     ids = torch.randint(0, model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        ref = _stepwise(model, ids, model.new_cache(2))
-        got = _stepwise(model, ids, model.new_cache(2, kv_dtype="int8"))
+        ref = stepwise(model, ids, model.new_cache(2))
+        got = stepwise(model, ids, model.new_cache(2, kv_dtype="int8"))
     scale = ref.std().item()
     # measured on these random (deliberately large-weight) models: mean 1.5% / 0.08% of the logit
     # spread, worst 13% / 0.7%, every argmax the same
@@ -88,7 +73,7 @@ def test_int8_cache_is_close_to_the_float_cache(name):
 
 
 def test_greedy_generation_with_int8_kv_mostly_matches_float():
-    model = _model("llama-tiny")
+    model = sharp_model("llama-tiny")
     prompt = [5, 17, 300, 42, 9]
     sampling = SamplingConfig(max_new_tokens=32, temperature=0.0, ignore_eos=True)
     base = generate(model, [prompt], sampling, cache_kind="static")
@@ -100,7 +85,7 @@ def test_greedy_generation_with_int8_kv_mostly_matches_float():
     # picks the same next token almost everywhere
     ids = torch.tensor([prompt + base.tokens[0]])
     with torch.no_grad():
-        logits = _stepwise(model, ids, model.new_cache(1, kind="static", max_len=ids.shape[1], kv_dtype="int8"))
+        logits = stepwise(model, ids, model.new_cache(1, kind="static", max_len=ids.shape[1], kv_dtype="int8"))
     picks = logits[0, len(prompt) - 1:-1].argmax(-1).tolist()
     agree = sum(a == b for a, b in zip(picks, base.tokens[0])) / len(picks)
     assert agree >= 0.9
@@ -126,7 +111,7 @@ def test_growth_reorder_rollback_and_bytes():
 
 
 def test_static_int8_cache_refuses_to_overflow_and_bad_dtype():
-    model = _model("llama-tiny")
+    model = sharp_model("llama-tiny")
     cache = model.new_cache(1, kind="static", max_len=4, kv_dtype="int8")
     with torch.no_grad(), pytest.raises(CacheFullError):
         model(torch.zeros(1, 5, dtype=torch.long), cache)

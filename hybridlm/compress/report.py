@@ -3,7 +3,7 @@
 Each variant starts from the same weights, is compressed by the library functions the commands
 call (`quantize_model`, `prune_model`, the GGUF writer and loader), and is measured three ways:
 the bytes its weights hold, its sliding-window perplexity on the held-out slice of the default
-corpus (`eval/perplexity.py`, the scorer evaluation and training share), and its greedy decode
+corpus (`eval/perplexity.py`, the one scorer the benchmarks share), and its greedy decode
 speed at batch 1. The result is a Markdown table, a JSON file and a PNG of perplexity against
 bytes with decode speed as colour.
 
