@@ -26,6 +26,7 @@ from ..models.decoder import Decoder
 from . import hf_hybrid
 from .atomic import atomic_dir
 from .errors import CheckpointError
+from .hf_rules import check_against, few
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "mixtral") + hf_hybrid.ARCHS  # hybrids: hf_hybrid.py
 _HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -190,7 +191,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str)
     ignored = KEY_MAPS[arch].ignored if arch in KEY_MAPS else ()
     extra = sorted(k for k in remaining if not k.endswith(ignored))
     if extra:
-        raise CheckpointError(f"unexpected tensors for HF {arch} with this config: {_few(extra)}")
+        raise CheckpointError(f"unexpected tensors for HF {arch} with this config: {few(extra)}")
     if cfg.tie_embeddings:  # HF may store the shared matrix under either name, or both
         head = out.pop("lm_head.weight", None)
         if head is not None:
@@ -212,15 +213,10 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -
         parts = t.split(_split_sizes(rule, cfg), 0) if len(rule.hf) > 1 else (t,)
         out.update((h, p.t() if rule.transpose else p) for h, p in zip(rule.hf, parts))
     if remaining:
-        raise CheckpointError(f"tensors with no HF {arch} name: {_few(sorted(remaining))}")
+        raise CheckpointError(f"tensors with no HF {arch} name: {few(sorted(remaining))}")
     if cfg.tie_embeddings:
         out.pop("lm_head.weight", None)
     return out
-
-
-def _few(names: list[str], n: int = 5) -> str:
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
 
 
 # ---------------------------------------------------------------- config.json
@@ -503,7 +499,7 @@ def _read_sharded(index_file: Path) -> dict[str, torch.Tensor]:
         tensors = _read_weight_file(index_file.parent / shard)
         lacking = sorted(k for k, f in weight_map.items() if f == shard and k not in tensors)
         if lacking:
-            raise CheckpointError(f"{index_file.parent / shard}: lacks tensors the index puts there: {_few(lacking)}")
+            raise CheckpointError(f"{index_file.parent / shard}: lacks tensors the index puts there: {few(lacking)}")
         sd.update(tensors)
     return sd
 
@@ -516,24 +512,6 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if (path / name).is_file():
             return reader(path / name)
     raise CheckpointError(f"{path}: no weight file ({_SAFE}, {_SAFE_INDEX}, {_BIN} or {_BIN_INDEX})")
-
-
-def _check_against(model: Decoder, sd: dict[str, torch.Tensor], arch: str) -> None:
-    cfg = model.config
-    hf_names = {r.ours: "+".join(r.hf) for r in _rules(cfg, arch)}
-    expected = model.state_dict()
-    if cfg.tie_embeddings:
-        expected.pop("lm_head.weight")
-    missing = sorted(hf_names.get(k, k) for k in expected if k not in sd)
-    if missing:
-        raise CheckpointError(f"checkpoint lacks {len(missing)} tensors the {arch} config needs: {_few(missing)}")
-    bad = [f"{hf_names.get(k, k)} is {tuple(sd[k].shape)}, config needs {tuple(v.shape)}"
-           for k, v in expected.items() if sd[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"shape mismatch: {_few(bad, 3)}")
-    extra = sorted(set(sd) - set(expected))
-    if extra:  # e.g. biases the config says the model does not have
-        raise CheckpointError(f"checkpoint has tensors the {arch} config does not use: {_few(extra)}")
 
 
 def read_hf_config(path: str | os.PathLike) -> dict:
@@ -556,7 +534,8 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = None
         dtype = next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
     with torch.device(device):
         model = Decoder(cfg)
-    _check_against(model, sd, arch)
+    cfg = model.config
+    check_against(model, sd, _rules(cfg, arch), ("lm_head.weight",) if cfg.tie_embeddings else (), arch)
     for p in model.parameters():  # not model.to(dtype): derived RoPE frequencies stay float32
         p.data = p.data.to(dtype)
     model.load_state_dict(sd, strict=not cfg.tie_embeddings)  # tied: lm_head is embed, already loaded

@@ -84,20 +84,24 @@ def to_hf(sd: dict[str, torch.Tensor], rules: list[Rule], skip: tuple[str, ...] 
     return out
 
 
-def check_against(model: nn.Module, sd: dict[str, torch.Tensor], rules: list[Rule], tied: tuple[str, ...]) -> None:
-    """Every tensor the model needs is in `sd` with its shape, and nothing more (tied aliases aside)."""
+def check_against(model: nn.Module, sd: dict[str, torch.Tensor], rules, tied: tuple[str, ...],
+                  arch: str | None = None) -> None:
+    """Every tensor the model needs is in `sd` with its shape, and nothing more (tied aliases aside).
+    rules: anything with `ours` and `hf` names (this module's Rule, or hf.py's for decoders);
+    arch names the config in the messages."""
+    config = f"the {arch} config" if arch else "the config"
     hf_names = {r.ours: "+".join(r.hf) for r in rules}
     expected = {k: v for k, v in model.state_dict().items() if k not in tied}
     missing = sorted(hf_names.get(k, k) for k in expected if k not in sd)
     if missing:
-        raise CheckpointError(f"checkpoint lacks {len(missing)} tensors the config needs: {few(missing)}")
+        raise CheckpointError(f"checkpoint lacks {len(missing)} tensors {config} needs: {few(missing)}")
     bad = [f"{hf_names.get(k, k)} is {tuple(sd[k].shape)}, config needs {tuple(v.shape)}"
            for k, v in expected.items() if sd[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"shape mismatch: {few(bad, 3)}")
     extra = sorted(set(sd) - set(expected))
-    if extra:
-        raise CheckpointError(f"checkpoint has tensors the config does not use: {few(extra)}")
+    if extra:  # e.g. biases the config says the model does not have
+        raise CheckpointError(f"checkpoint has tensors {config} does not use: {few(extra)}")
 
 
 def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> nn.Module:
