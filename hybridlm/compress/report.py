@@ -14,10 +14,11 @@ group size 32 (RTN g32 asymmetric nearly reproduces the file); the report says s
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -67,23 +68,22 @@ class ReportRow:
     decode_tokens_per_s: float
     act: str  # "float", "exact" (quantized weights, float activations) or "fast" (int8 activations)
     build_seconds: float
-    notes: str = ""
 
 
 @dataclass
 class Context:
-    """What the variants share: the source, its tokenizer, calibration data and a scratch folder."""
+    """What the variants share: the source loaded once in float32, its tokenizer, calibration data
+    and a scratch folder."""
 
     cfg: ReportConfig
+    base: nn.Module  # never handed out: variants compress copies of it
     tokenizer: object
     scratch: Path
     _calib: object = None
-    notes: list[str] = field(default_factory=list)
 
     def float_model(self) -> nn.Module:
-        from ..checkpoints.registry import load_model
-
-        return load_model(self.cfg.model, dtype=torch.float32).model.eval()
+        """A fresh float32 copy of the source for a variant to compress in place."""
+        return copy.deepcopy(self.base)
 
     def calibration(self):
         from .calibration import build_calibration
@@ -154,7 +154,7 @@ def _pruned(method: str, amount: float | None) -> Callable[[Context], nn.Module]
 
 
 def _drop_two_layers(ctx: Context) -> nn.Module:
-    return _pruned("layers", 2 / ctx.float_model().config.n_layers)(ctx)
+    return _pruned("layers", 2 / ctx.base.config.n_layers)(ctx)
 
 
 VARIANTS: dict[str, tuple[str, Callable[[Context], nn.Module]]] = {
@@ -239,14 +239,15 @@ def run_report(cfg: ReportConfig, progress: Callable[[str], None] = lambda _: No
     own = [v for v in cfg.variants if v.startswith("gguf-q4_1")]
     if own and resolve(cfg.model)[2] != "gguf":
         raise ValueError(f"{', '.join(own)} run a GGUF's own quantized blocks; {cfg.model} is not a GGUF file")
-    tokenizer = load_model(cfg.model, dtype=torch.float32).tokenizer
+    loaded = load_model(cfg.model, dtype=torch.float32)
+    tokenizer = loaded.tokenizer
     text = heldout_text()
     ids = tokenizer.encode(text)[: cfg.eval_tokens]
     n_bytes = len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
     prompt = ids[: cfg.prompt_tokens]
     rows = []
     with tempfile.TemporaryDirectory(prefix="hybridlm-report-") as scratch:
-        ctx = Context(cfg, tokenizer, Path(scratch))
+        ctx = Context(cfg, loaded.model.eval(), tokenizer, Path(scratch))
         for name in cfg.variants:
             description, build = VARIANTS[name]
             progress(f"{name}: building")
