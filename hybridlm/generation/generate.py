@@ -139,14 +139,19 @@ def generate(model: nn.Module, prompts: list[list[int]], sampling: SamplingConfi
                 seen.scatter_(1, chosen[:, None], True)
             logits = model(chosen[:, None], cache, last_only=True)[:, -1]
         end = time.perf_counter()
+    stats = GenerationStats(
+        prompt_tokens=sum(len(p) for p in prompts), new_tokens=new_tokens, prefill_s=first_done - start,
+        decode_s=end - first_done, cache_bytes=cache.nbytes(), batch_size=batch)
+    return _result(rows, decode, stats)
+
+
+def _result(rows: list[_Row], decode: Decode | None, stats: GenerationStats) -> GenerationResult:
+    """The rows as a result: rows still going ran out of tokens ("length"); texts when `decode`."""
     for row in rows:
         row.finish = row.finish or "length"
     texts = None
     if decode is not None:
         texts = [row.text if row.text is not None else decode(row.tokens) for row in rows]
-    stats = GenerationStats(
-        prompt_tokens=sum(len(p) for p in prompts), new_tokens=new_tokens, prefill_s=first_done - start,
-        decode_s=end - first_done, cache_bytes=cache.nbytes(), batch_size=batch)
     return GenerationResult([r.tokens for r in rows], [r.finish for r in rows], texts, stats)
 
 

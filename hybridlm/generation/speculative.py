@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .acceptance import verify
-from .generate import GenerationResult, GenerationStats, _accept, _check, _Row, eos_ids, left_pad
+from .generate import GenerationResult, GenerationStats, _accept, _check, _result, _Row, eos_ids, left_pad
 from .processors import seen_mask
 from .proposers import Proposal, Proposer
 from .sampling import SamplingConfig, make_generator, next_tokens
@@ -136,13 +136,8 @@ def speculative_generate(target: nn.Module, proposer: Proposer, prompts: list[li
             _round(target, cache, proposal, limits, remaining, rows, histories, stats, sampling, generator,
                    seen, eos, watcher, on_token)
         end = time.perf_counter()
-    for row in rows:
-        row.finish = row.finish or "length"
-    texts = None
-    if decode is not None:
-        texts = [row.text if row.text is not None else decode(row.tokens) for row in rows]
     stats.prefill_s, stats.decode_s, stats.cache_bytes = first_done - start, end - first_done, cache.nbytes()
-    return GenerationResult([r.tokens for r in rows], [r.finish for r in rows], texts, stats)
+    return _result(rows, decode, stats)
 
 
 def _round(target, cache, proposal: Proposal, limits, remaining, rows, histories, stats, sampling, generator,

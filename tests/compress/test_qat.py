@@ -154,15 +154,6 @@ def _rtn(model, spec):
     return q
 
 
-@pytest.fixture
-def one_thread():
-    """Small matmuls: a second thread costs more than it gives, and far more on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mlp_fit(model, steps, lr, data):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     for _ in range(steps):
