@@ -6,9 +6,12 @@ llama.cpp on the same files, and transformers.
 
 Engines (--engines, comma-separated; default all):
   hybridlm:q4_1            the GGUF's own Q4_1 layers and Q8_0 head kept quantized, native kernels,
-                           fast activations (what `hybridlm generate` does by default), eager
+                           fast activations, each decode token one native call (kernels/decode_step.cpp):
+                           what `hybridlm generate` does by default
+  hybridlm:q4_1:eager      the same weights and kernels, decode steps through the PyTorch model
+                           (`--decode-step eager`)
   hybridlm:q4_1:compiled   the same with the decode step compiled (`--compile`)
-  hybridlm:q8_0            a Q8_0 file of the same model (below), kept quantized
+  hybridlm:q8_0            a Q8_0 file of the same model (below), kept quantized, native decode step
   hybridlm:f32             the Q4_1 file dequantized to float32 (`--dtype float32`), packed linears
   transformers             the Q4_1 file dequantized by transformers, float32
   llama.cpp:q4_1, llama.cpp:q8_0   llama-cpp-python on the same two files (skipped if not installed)
@@ -42,8 +45,8 @@ import torch
 
 from .common import emit_json, environment, median, print_table, progress
 
-ENGINES = ("hybridlm:q4_1", "hybridlm:q4_1:compiled", "hybridlm:q8_0", "hybridlm:f32", "transformers",
-           "llama.cpp:q4_1", "llama.cpp:q8_0")
+ENGINES = ("hybridlm:q4_1", "hybridlm:q4_1:eager", "hybridlm:q4_1:compiled", "hybridlm:q8_0", "hybridlm:f32",
+           "transformers", "llama.cpp:q4_1", "llama.cpp:q8_0")
 WORKER = Path(__file__).with_name("decode_worker.py")
 
 
@@ -163,6 +166,7 @@ def engine_spec(name: str, files: dict[str, Path], llama_python: str | None, com
     args = ["--engine", "hybridlm", "--model", str(file), *common]
     args += [] if kind == "f32" else ["--keep-quantized"]
     args += ["--compile"] if "compiled" in parts else []
+    args += ["--native-step"] if kind != "f32" and len(parts) == 2 else []
     return sys.executable, args, file
 
 

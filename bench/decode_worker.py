@@ -43,6 +43,10 @@ class HybridLM:
         self.model = compile_decoder(model) if args.compile else model
         if not args.compile:
             self.linear = pack_linears(model, args.linear)
+        if args.native_step:
+            from hybridlm.generation.native import NativeDecoder
+
+            self.model = NativeDecoder(model)
         self.load_s = time.perf_counter() - start
         self.sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
         start = time.perf_counter()
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-quantized", action="store_true", help="hybridlm: run the GGUF's blocks natively")
     ap.add_argument("--quant-act", default="fast", choices=["fast", "exact"])
     ap.add_argument("--compile", action="store_true", help="hybridlm: compiled decode step")
+    ap.add_argument("--native-step", action="store_true", help="hybridlm: one native call per decode token")
     ap.add_argument("--linear", default="auto", help="hybridlm: float linears (auto, packed, ref)")
     args = ap.parse_args(argv)
     with open(args.prompt_file) as f:

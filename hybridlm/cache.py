@@ -96,6 +96,11 @@ class KVSlot:
             self.v.index_copy_(2, idx, v[:, :, -keep:])
         return k_all, v_all
 
+    def reserve(self, needed: int) -> None:
+        """Make room for `needed` slots (K and V written in place by the native decode step)."""
+        if needed > self.k.shape[2]:
+            self._grow(needed)
+
     def _grow(self, needed: int) -> None:
         if self.cache.kind == "static":
             raise CacheFullError(f"static cache holds {self.k.shape[2]} tokens; {needed} needed")

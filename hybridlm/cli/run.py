@@ -27,6 +27,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "and the weights are held twice (once packed for prefill); ignores --linear")
 
 
+def _add_decode_step_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decode-step", default="auto", choices=["auto", "native", "eager"],
+                   help="one-token steps of a quantized Llama-style model (the GGUF default on the CPU): native = "
+                        "the whole token in one C++ call (kernels/decode_step.cpp), eager = the PyTorch model; auto "
+                        "= native where it covers the model (batch 1, RoPE, SwiGLU, native quantized layers), else "
+                        "eager; native refuses a model it does not cover, with the reason (default auto)")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=default_max, help=f"tokens to generate (default {default_max})")
@@ -122,6 +130,28 @@ def _set_quant_kernels(model, args) -> None:
         _log(f"hybridlm: native kernels capped at {isa}: running {qmatmul.set_isa(isa)}")
 
 
+def _decoding_model(args, model):
+    """The model generate and chat decode through: `model`, or the native step over it (--decode-step)."""
+    from ..generation.native import NativeDecoder
+    from ..kernels import decode_step
+    from ..models.decoder import Decoder
+
+    if args.decode_step == "eager" or (args.compile and args.decode_step == "auto"):
+        return model
+    if args.compile:
+        raise ValueError("--decode-step native and --compile are two ways to run the decode step: choose one")
+    if not isinstance(model, Decoder):
+        reason = f"{type(model).__name__} is not a decoder-only model"
+    else:
+        reason = decode_step.unsupported_reason(model) or (None if decode_step.available(model) else
+                                                          "the native kernels could not be built here")
+    if reason is None:
+        return NativeDecoder(model)
+    if args.decode_step == "native":
+        raise ValueError(f"--decode-step native cannot run this model: {reason}")
+    return model
+
+
 def _sampling(args, tokenizer):
     from ..generation.sampling import SamplingConfig
 
@@ -192,7 +222,8 @@ def cmd_generate(args) -> int:
     if getattr(args, "speculative", None):
         result = _speculative(args, loaded, model, prompts, sampling, streamer)
     else:
-        result = generate(model, prompts, sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
+        result = generate(_decoding_model(args, model), prompts, sampling, cache_kind=args.cache, decode=tok.decode,
+                          on_token=streamer,
                           kv_dtype=args.kv_cache)
     text = result.texts[0]
     if args.json:
@@ -239,6 +270,7 @@ def cmd_chat(args) -> int:
     from ..generation.generate import generate
 
     loaded = _load(args)
+    model = _decoding_model(args, loaded.model)
     tok = loaded.tokenizer
     sampling = _sampling(args, tok)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -259,7 +291,7 @@ def cmd_chat(args) -> int:
         messages.append({"role": "user", "content": line})
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
         streamer = _Streamer(tok)
-        result = generate(loaded.model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
+        result = generate(model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
                           kv_dtype=args.kv_cache)
         streamer.finish()
         messages.append({"role": "assistant", "content": result.texts[0]})
@@ -361,6 +393,7 @@ def register(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
+    _add_decode_step_arg(p)
     _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -370,6 +403,7 @@ def register(sub) -> None:
     _add_model_args(p)
     _add_sampling_args(p, default_max=512)
     p.add_argument("--system", default=None, help="system message")
+    _add_decode_step_arg(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="parameters, layer pattern, weight bytes and KV-cache bytes of a model or preset",

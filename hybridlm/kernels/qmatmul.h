@@ -74,6 +74,10 @@ struct KernelTable {
   void (*matmul_exact)(const QWeight* w, const QActs* a, int64_t n0, int64_t n1);
   // rows n0..n1 of the weight, dequantized into out (n1 - n0, K) float32 (the formulas above)
   void (*dequantize)(const QWeight* w, int64_t n0, int64_t n1, float* out);
+  // the float math of a decode step besides the matmuls (decode_math.h)
+  void (*attend_head)(const float* q, const float* k, const float* v, int64_t S, int64_t D, int64_t stride,
+                      float scale, float* scores, float* out);
+  void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
 };
 
 // nullptr where this build or this CPU cannot run them; the caller checks the CPU first

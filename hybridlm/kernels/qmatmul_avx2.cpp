@@ -12,11 +12,13 @@
 #pragma GCC target("avx2,fma,f16c")
 #define HLM_VNNI 0
 #include "qmatmul_x86.h"
+#include "decode_math.h"
 #pragma GCC pop_options
 
 namespace hlm {
 namespace {
-const KernelTable TABLE = {"avx2", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize};
+const KernelTable TABLE = {"avx2", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize,
+                           attend_head, silu_mul};
 }
 const KernelTable* kernels_avx2() { return &TABLE; }
 }  // namespace hlm

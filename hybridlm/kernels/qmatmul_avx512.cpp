@@ -13,11 +13,13 @@
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
 #define HLM_VNNI 1
 #include "qmatmul_x86.h"
+#include "decode_math.h"
 #pragma GCC pop_options
 
 namespace hlm {
 namespace {
-const KernelTable TABLE = {"avx512_vnni", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize};
+const KernelTable TABLE = {"avx512_vnni", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize,
+                           attend_head, silu_mul};
 }
 const KernelTable* kernels_avx512() { return &TABLE; }
 }  // namespace hlm

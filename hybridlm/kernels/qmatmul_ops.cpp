@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "qmatmul.h"
+#include "qmatmul_ops.h"
 #include "threadpool.h"
 
 namespace hlm {
@@ -64,15 +65,6 @@ const KernelTable* select_isa(std::string_view ceiling) {
 std::atomic<const KernelTable*> g_kernels{nullptr};
 std::atomic<int64_t> g_gemm_rows{32};
 
-const KernelTable* kernels() {
-  const KernelTable* k = g_kernels.load(std::memory_order_acquire);
-  if (k == nullptr) {
-    k = select_isa("");
-    g_kernels.store(k, std::memory_order_release);
-  }
-  return k;
-}
-
 // -- arguments ------------------------------------------------------------------------------------
 int parse_format(std::string_view fmt) {
   if (fmt == "int4") return FMT_INT4;
@@ -103,6 +95,17 @@ at::Tensor scale_tiles(const at::Tensor& scales, const std::optional<at::Tensor>
           std::memcpy(dst + (((t * ng + g) * P + p) * 4 + j) * width,
                       (p ? src1 : src0) + ((4 * t + j) * ng + g) * width, width);
   return out;
+}
+
+}  // namespace
+
+const KernelTable* kernels() {
+  const KernelTable* k = g_kernels.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    k = select_isa("");
+    g_kernels.store(k, std::memory_order_release);
+  }
+  return k;
 }
 
 QWeight weight_of(const at::Tensor& codes, const at::Tensor& scales, const std::optional<at::Tensor>& offsets,
@@ -143,6 +146,8 @@ QWeight weight_of(const at::Tensor& codes, const at::Tensor& scales, const std::
   return w;
 }
 
+namespace {
+
 // per-thread scratch: the quantized activations, their scales and sums, the dequantized tiles
 template <typename T>
 T* scratch(std::vector<T>& v, size_t n) {
@@ -176,6 +181,16 @@ int64_t rows_per_chunk(const QWeight& w, int64_t M, int threads) {
   return std::max<int64_t>(4, std::min(rows, balanced));
 }
 
+}  // namespace
+
+void run_prepared(const KernelTable* k, const QWeight& w, const QActs& a, bool fast) {
+  const int threads = at::get_num_threads();
+  MatmulJob job{k, &w, &a, fast, rows_per_chunk(w, a.M, threads)};
+  parallel_chunks((w.N + job.rows_per_chunk - 1) / job.rows_per_chunk, threads, matmul_chunk, &job);
+}
+
+namespace {
+
 void run_kernels(const KernelTable* k, const QWeight& w, const at::Tensor& x2, const std::optional<at::Tensor>& bias,
                  bool fast, at::Tensor& out) {
   const int64_t M = x2.size(0), K = w.K, ng = K / w.G;
@@ -195,9 +210,7 @@ void run_kernels(const KernelTable* k, const QWeight& w, const at::Tensor& x2, c
   a.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   a.y = out.data_ptr<float>();
   a.y_stride = out.stride(0);
-  const int threads = at::get_num_threads();
-  MatmulJob job{k, &w, &a, fast, rows_per_chunk(w, M, threads)};
-  parallel_chunks((w.N + job.rows_per_chunk - 1) / job.rows_per_chunk, threads, matmul_chunk, &job);
+  run_prepared(k, w, a, fast);
 }
 
 // -- the GEMM path (many rows) ----------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "decode_math.h"
 #include "qmatmul.h"
 
 namespace hlm {
@@ -171,7 +172,8 @@ void dequantize(const QWeight* w, int64_t n0, int64_t n1, float* out) {
   }
 }
 
-const KernelTable TABLE = {"portable", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize};
+const KernelTable TABLE = {"portable", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize,
+                           attend_head, silu_mul};
 
 }  // namespace
 

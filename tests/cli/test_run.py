@@ -247,3 +247,21 @@ def test_info_reports_the_quantized_kernel_path(cli):
     assert kernels["isa"] in kernels["supported_isas"] and "portable" in kernels["supported_isas"]
     _, text, _ = cli("info", "smollm2-135m")
     assert f"quant kernels   native {qmatmul.isa()}" in text
+
+
+def test_native_decode_step_gives_the_eager_tokens_on_smollm2(cli):
+    """The default (native, one C++ call per token) against the PyTorch model on the real GGUF, in
+    exact mode, where both compute the dequantized model's float32 math."""
+    args = ["generate", "smollm2-135m", "The KV cache", "--json", "--ignore-eos", "--temperature", "0",
+            "--max-new-tokens", "24", "--quant-act", "exact"]
+    _, native, _ = cli(*args, "--decode-step", "native")
+    _, eager, _ = cli(*args, "--decode-step", "eager")
+    assert json.loads(native)["token_ids"] == json.loads(eager)["token_ids"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--dtype", "float32", "--linear", "ref"], "not every linear is a quantized layer"),
+    (["--compile"], "choose one"),
+])
+def test_native_decode_step_refusals_are_one_line(cli, assert_one_line_error, flags, message):
+    assert_one_line_error(*cli("generate", "smollm2-135m", "hi", "--decode-step", "native", *flags), message)
