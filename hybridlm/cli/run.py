@@ -91,6 +91,8 @@ def _load(args):
         raise ValueError("--compile needs the static cache (drop --cache dynamic)")
     if args.compile and getattr(args, "kv_cache", "float") != "float":
         raise ValueError("--kv-cache int8 runs eager only (drop --compile)")
+    if args.compile and getattr(args, "decode_step", "auto") == "native":
+        raise ValueError("--decode-step native and --compile are two ways to run the decode step: choose one")
     keep_quantized = args.dtype == "auto" and device.type == "cpu"  # a GGUF runs in its own precision
     loaded = load_model(args.model, dtype=dtype, device=device, keep_quantized=keep_quantized)
     family = getattr(loaded.model.config, "family", "decoder")
@@ -136,10 +138,8 @@ def _decoding_model(args, model):
     from ..kernels import decode_step
     from ..models.decoder import Decoder
 
-    if args.decode_step == "eager" or (args.compile and args.decode_step == "auto"):
+    if args.decode_step == "eager" or args.compile:  # _load refused --compile with native
         return model
-    if args.compile:
-        raise ValueError("--decode-step native and --compile are two ways to run the decode step: choose one")
     if not isinstance(model, Decoder):
         reason = f"{type(model).__name__} is not a decoder-only model"
     else:
