@@ -108,86 +108,96 @@ def deinterleave(t: torch.Tensor, segments: tuple[int, ...], tp: int, dim: int) 
     return torch.cat([per_rank[r][i] for i in range(len(segments)) for r in range(tp)], dim)
 
 
-# -- applying the plan ------------------------------------------------------------------------------
-def _reorder(linear: nn.Linear, segments: tuple[int, ...], tp: int) -> None:
-    with torch.no_grad():
-        for p in (linear.weight, linear.bias):
-            if p is not None and len(segments) > 1:
-                p.copy_(interleave(p, segments, tp, 0))
+# -- the plan: a function of the config ------------------------------------------------------------
+def _mlp_specs(prefix: str, d_ff: int, cfg: ModelConfig) -> dict[str, ShardSpec]:
+    segments = (d_ff, d_ff) if is_glu(cfg.mlp) else (d_ff,)
+    specs = {f"{prefix}w_in.weight": ShardSpec(0, segments, True), f"{prefix}w_out.weight": ShardSpec(1, (d_ff,), True)}
+    if cfg.mlp_bias:
+        specs[f"{prefix}w_in.bias"] = ShardSpec(0, segments, True)
+    return specs
 
 
-def _colwise(block: nn.Module, name: str, prefix: str, segments: tuple[int, ...], tp: int,
-             specs: dict[str, ShardSpec]) -> None:
-    """Mark `block.<name>` (a Linear) column-parallel over `segments` of its output rows."""
-    linear = block.get_submodule(name)
-    _reorder(linear, segments, tp)
-    specs[f"{prefix}{name}.weight"] = ShardSpec(0, segments, True)
-    if linear.bias is not None:
-        specs[f"{prefix}{name}.bias"] = ShardSpec(0, segments, True)
+def shard_specs(cfg: ModelConfig) -> dict[str, ShardSpec]:
+    """Every split parameter of a Decoder built from `cfg` -> how it splits (any TP size)."""
+    specs: dict[str, ShardSpec] = {}
+    for i, kind in enumerate(cfg.blocks):
+        prefix = f"blocks.{i}.mixer."
+        if kind == "attention":
+            h, h_kv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+            qkv = ShardSpec(0, (h * d, h_kv * d, h_kv * d), True)
+            specs[f"{prefix}wqkv.weight"] = qkv
+            if cfg.qkv_bias:
+                specs[f"{prefix}wqkv.bias"] = qkv
+            specs[f"{prefix}wo.weight"] = ShardSpec(1, (h * d,), True)
+        elif kind == "mlp":
+            specs |= _mlp_specs(prefix, cfg.d_ff, cfg)
+        elif kind == "moe":
+            for e in range(cfg.n_experts):
+                specs |= _mlp_specs(f"{prefix}experts.{e}.", cfg.moe_d_ff, cfg)
+            if cfg.moe_shared_expert_d_ff:
+                specs |= _mlp_specs(f"{prefix}shared.", cfg.moe_shared_expert_d_ff, cfg)
+        elif kind == "mamba":
+            d_inner, gn, h = cfg.mamba_d_inner, cfg.mamba_n_groups * cfg.d_state, cfg.mamba_n_heads
+            specs[f"{prefix}in_proj.weight"] = ShardSpec(0, (d_inner, d_inner, gn, gn, h), True)
+            if cfg.mamba_proj_bias:
+                specs[f"{prefix}in_proj.bias"] = specs[f"{prefix}in_proj.weight"]
+            specs[f"{prefix}out_proj.weight"] = ShardSpec(1, (d_inner,), True)
+            specs[f"{prefix}conv1d.weight"] = ShardSpec(0, (d_inner, gn, gn), False)
+            if cfg.mamba_conv_bias:
+                specs[f"{prefix}conv1d.bias"] = specs[f"{prefix}conv1d.weight"]
+            for name in ("dt_bias", "A_log", "D"):
+                specs[f"{prefix}{name}"] = ShardSpec(0, (h,), False)
+            specs[f"{prefix}norm.weight"] = ShardSpec(0, (d_inner,), False)  # whole norm groups per rank
+    return specs
 
 
-def _slice_param(module: nn.Module, attr: str, full_name: str, segments: tuple[int, ...], tp: int, rank: int,
-                 specs: dict[str, ShardSpec]) -> None:
-    """Replace a per-channel parameter by this rank's slice (a plain Parameter)."""
-    p = getattr(module, attr)
-    if p is None:
-        return
-    local = interleave(p.detach(), segments, tp, 0).chunk(tp, 0)[rank].clone()
-    setattr(module, attr, nn.Parameter(local, requires_grad=p.requires_grad))
-    specs[full_name] = ShardSpec(0, segments, False)
+def _styles(block: nn.Module) -> dict:
+    """The parallelize_module plan of one block's mixer."""
+    m = block.mixer
+    if block.kind == "attention":
+        return {"wqkv": ColwiseParallel(), "wo": RowwiseParallel()}
+    if block.kind == "mlp":
+        return {"w_in": ColwiseParallel(), "w_out": RowwiseParallel()}
+    if block.kind == "mamba":
+        return {"in_proj": ColwiseParallel(), "out_proj": RowwiseParallel()}
+    experts = [f"experts.{e}" for e in range(len(m.experts))] + (["shared"] if m.shared is not None else [])
+    return {k: v for name in experts for k, v in (((f"{name}.w_in", ColwiseParallel()),
+                                                  (f"{name}.w_out", RowwiseParallel())))}
 
 
-def _mlp_plan(mlp: nn.Module, prefix: str, tp: int, specs: dict[str, ShardSpec]) -> dict:
-    segments = (mlp.d_ff, mlp.d_ff) if is_glu(mlp.kind) else (mlp.d_ff,)
-    _colwise(mlp, "w_in", prefix, segments, tp, specs)
-    specs[f"{prefix}w_out.weight"] = ShardSpec(1, (mlp.d_ff,), True)
-    mlp.d_ff //= tp
-    return {"w_in": ColwiseParallel(), "w_out": RowwiseParallel()}
+def _divide_sizes(block: nn.Module, tp: int) -> None:
+    """The split mixer computes with its local head, group and channel counts."""
+    m = block.mixer
+    if block.kind == "attention":
+        m.n_heads, m.n_kv_heads = m.n_heads // tp, m.n_kv_heads // tp
+    elif block.kind == "mlp":
+        m.d_ff //= tp
+    elif block.kind == "mamba":
+        m.n_heads, m.n_groups, m.d_inner, m.conv_dim = m.n_heads // tp, m.n_groups // tp, m.d_inner // tp, m.conv_dim // tp
+    else:
+        for mlp in [*m.experts, *([m.shared] if m.shared is not None else [])]:
+            mlp.d_ff //= tp
 
 
-def _attention_plan(attn: nn.Module, prefix: str, tp: int, specs: dict[str, ShardSpec]) -> dict:
-    h, h_kv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    _colwise(attn, "wqkv", prefix, (h * d, h_kv * d, h_kv * d), tp, specs)
-    specs[f"{prefix}wo.weight"] = ShardSpec(1, (h * d,), True)
-    attn.n_heads, attn.n_kv_heads = h // tp, h_kv // tp
-    return {"wqkv": ColwiseParallel(), "wo": RowwiseParallel()}
-
-
-def _mamba_plan(m: nn.Module, prefix: str, tp: int, rank: int, specs: dict[str, ShardSpec]) -> dict:
-    gn = m.n_groups * m.d_state
-    _colwise(m, "in_proj", prefix, (m.d_inner, m.d_inner, gn, gn, m.n_heads), tp, specs)
-    specs[f"{prefix}out_proj.weight"] = ShardSpec(1, (m.d_inner,), True)
-    conv = (m.d_inner, gn, gn)
-    _slice_param(m.conv1d, "weight", f"{prefix}conv1d.weight", conv, tp, rank, specs)
-    _slice_param(m.conv1d, "bias", f"{prefix}conv1d.bias", conv, tp, rank, specs)
-    for attr in ("dt_bias", "A_log", "D"):
-        _slice_param(m, attr, f"{prefix}{attr}", (m.n_heads,), tp, rank, specs)
-    _slice_param(m.norm, "weight", f"{prefix}norm.weight", (m.d_inner,), tp, rank, specs)  # whole groups
-    m.n_heads, m.n_groups, m.d_inner, m.conv_dim = m.n_heads // tp, m.n_groups // tp, m.d_inner // tp, m.conv_dim // tp
-    return {"in_proj": ColwiseParallel(), "out_proj": RowwiseParallel()}
-
-
+@torch.no_grad()
 def parallelize_tensor(model: nn.Module, tp_mesh) -> TensorParallel:
     """Split `model` (a Decoder, identical on every rank of `tp_mesh`, before any optimizer is made)
     over the 1-D mesh `tp_mesh`. Mutates the model in place; returns the record of what was split."""
     cfg, tp, rank = model.config, tp_mesh.size(), tp_mesh.get_local_rank()
     check_tensor_parallel(cfg, tp)
-    specs: dict[str, ShardSpec] = {}
-    for i, block in enumerate(model.blocks):
-        prefix, mixer = f"blocks.{i}.mixer.", block.mixer
-        if block.kind == "attention":
-            plan = _attention_plan(mixer, prefix, tp, specs)
-        elif block.kind == "mlp":
-            plan = _mlp_plan(mixer, prefix, tp, specs)
-        elif block.kind == "mamba":
-            plan = _mamba_plan(mixer, prefix, tp, rank, specs)
-        else:  # moe
-            plan = {}
-            for e, expert in enumerate(mixer.experts):
-                plan |= {f"experts.{e}.{k}": v for k, v in _mlp_plan(expert, f"{prefix}experts.{e}.", tp, specs).items()}
-            if mixer.shared is not None:
-                plan |= {f"shared.{k}": v for k, v in _mlp_plan(mixer.shared, f"{prefix}shared.", tp, specs).items()}
-        parallelize_module(mixer, tp_mesh, plan)
+    specs = shard_specs(cfg)
+    for name, spec in specs.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        reordered = interleave(getattr(owner, attr).detach(), spec.segments, tp, spec.dim)
+        if spec.dtensor:  # parallelize_module below takes contiguous slices of the reordered rows
+            getattr(owner, attr).copy_(reordered)
+        else:
+            local = reordered.chunk(tp, spec.dim)[rank].clone()
+            setattr(owner, attr, nn.Parameter(local, requires_grad=getattr(owner, attr).requires_grad))
+    for block in model.blocks:
+        _divide_sizes(block, tp)
+        parallelize_module(block.mixer, tp_mesh, _styles(block))
     return TensorParallel(tp_mesh, specs)
 
 
