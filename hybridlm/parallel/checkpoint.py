@@ -13,7 +13,9 @@ Replicated tensors are written once (DCP de-duplicates them across ranks).
 
 The AdamW moments are saved beside the weights ("optim/NAME/exp_avg", ...) in the same canonical
 form. A checkpoint is written into a hidden sibling and renamed when every rank has finished.
-Nothing is unpickled: DCP's metadata is read with its own loader, tensors as raw bytes.
+DCP stores its .metadata with pickle (torch's format, not ours): load only sharded checkpoints
+your own runs wrote. The portable, pickle-free format stays the trainer's safetensors checkpoint
+(train/checkpoint.py), which `hybridlm train --tp` writes.
 """
 
 from __future__ import annotations

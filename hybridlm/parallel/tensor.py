@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from ..config import ModelConfig
@@ -207,15 +207,19 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def full_tensor(tp: TensorParallel, name: str, t: torch.Tensor) -> torch.Tensor:
-    """The canonical whole tensor of parameter `name` (its value or its gradient `t`) on every rank.
-    A collective over the TP group for split parameters."""
+    """The canonical whole tensor of parameter `name` (its value, gradient or optimizer moment `t`)
+    on every rank, whatever wraps it (TP DTensor, FSDP2 DTensor on top, or a plain TP slice).
+    A collective over the groups `t` is spread over."""
     spec = tp.specs.get(name)
+    whole = t.full_tensor() if isinstance(t, DTensor) else t  # the global view: rows still interleaved
     if spec is None:
-        return t.full_tensor() if isinstance(t, DTensor) else t
-    local = local_tensor(t).contiguous()
-    pieces = [torch.empty_like(local) for _ in range(tp.size)]
-    dist.all_gather(pieces, local, group=tp.group)
-    return deinterleave(torch.cat(pieces, spec.dim), spec.segments, tp.size, spec.dim)
+        return whole
+    if not spec.dtensor:  # a plain per-rank slice: gather the TP group's slices
+        whole = whole.contiguous()
+        pieces = [torch.empty_like(whole) for _ in range(tp.size)]
+        dist.all_gather(pieces, whole, group=tp.group)
+        whole = torch.cat(pieces, spec.dim)
+    return deinterleave(whole, spec.segments, tp.size, spec.dim)
 
 
 def full_state_dict(model: nn.Module, tp: TensorParallel) -> dict[str, torch.Tensor]:
@@ -223,15 +227,21 @@ def full_state_dict(model: nn.Module, tp: TensorParallel) -> dict[str, torch.Ten
     return {name: full_tensor(tp, name, t.detach()).cpu() for name, t in model.state_dict().items()}
 
 
-def shard_of(tp: TensorParallel, name: str, full: torch.Tensor) -> torch.Tensor:
-    """This rank's local piece of the canonical tensor `full` of parameter `name`."""
-    spec = tp.specs.get(name)
-    if spec is None:
-        return full
-    return interleave(full, spec.segments, tp.size, spec.dim).chunk(tp.size, spec.dim)[tp.rank]
-
-
 @torch.no_grad()
+def load_full_tensor(tp: TensorParallel, name: str, target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy this rank's piece of the canonical tensor `full` of parameter `name` into `target` (the
+    parameter or one of its optimizer moments, as `full_tensor` reads them). Mutates target."""
+    spec = tp.specs.get(name)
+    view = full.to(local_tensor(target).device)
+    if spec is not None:
+        view = interleave(view, spec.segments, tp.size, spec.dim)
+        if not spec.dtensor:
+            view = view.chunk(tp.size, spec.dim)[tp.rank]
+    if isinstance(target, DTensor):
+        view = distribute_tensor(view, target.device_mesh, target.placements).to_local()
+    local_tensor(target).copy_(view)
+
+
 def load_full_state_dict(model: nn.Module, tp: TensorParallel, state: dict[str, torch.Tensor]) -> None:
     """Copy a canonical state dict into the split model (each rank keeps its pieces). Mutates model."""
     own = model.state_dict()
@@ -239,25 +249,29 @@ def load_full_state_dict(model: nn.Module, tp: TensorParallel, state: dict[str, 
     if missing:
         raise KeyError(f"state dict lacks {missing[:5]}")
     for name, t in own.items():
-        local_tensor(t).copy_(shard_of(tp, name, state[name]))
+        load_full_tensor(tp, name, t, state[name])
 
 
-def grad_norm(model: nn.Module, tp: TensorParallel) -> torch.Tensor:
-    """Global L2 norm of the gradients of a TP-split model, () float64 equal on every rank of the
-    group: split parameters add their local squares on every rank, replicated ones on rank 0 only."""
+def grad_norm(model: nn.Module, tp: TensorParallel, dp_group=None) -> torch.Tensor:
+    """Global L2 norm of the gradients of a TP-split model, () float64 equal on every rank: split
+    parameters add their local squares on every TP rank, replicated ones on TP rank 0 only.
+    dp_group: the data-parallel group when FSDP2 shards the gradients over it (None under DDP,
+    whose gradients are already whole and equal on every replica)."""
     total = torch.zeros((), dtype=torch.float64)
     for name, p in model.named_parameters():
         if p.grad is not None and (name in tp.specs or tp.rank == 0):
             total += local_tensor(p.grad).double().pow(2).sum().cpu()
     dist.all_reduce(total, group=tp.group)
+    if dp_group is not None:
+        dist.all_reduce(total, group=dp_group)
     return total.sqrt()
 
 
 @torch.no_grad()
-def clip_grad_norm(model: nn.Module, tp: TensorParallel, max_norm: float) -> torch.Tensor:
+def clip_grad_norm(model: nn.Module, tp: TensorParallel, max_norm: float, dp_group=None) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_ for a TP-split model (DTensor and plain gradients mixed,
     which torch's version refuses). Scales the gradients in place; returns the norm before."""
-    norm = grad_norm(model, tp)
+    norm = grad_norm(model, tp, dp_group)
     scale = max_norm / (float(norm) + 1e-6)
     if scale < 1.0:
         for p in model.parameters():
