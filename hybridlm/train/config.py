@@ -65,7 +65,7 @@ class TrainConfig:
     device: str = "auto"  # cpu, cuda, cuda:N or auto; under torchrun CUDA ranks use cuda:LOCAL_RANK
     threads: int | None = None  # torch CPU threads (default: torch's choice)
     fsdp: bool = False  # shard parameters, gradients and optimizer state with FSDP2 (else DDP)
-    tp: int = 1  # tensor-parallel ranks per model copy (heads and channels split, parallel/tensor.py); DDP or --fsdp over the remaining world_size / tp ranks
+    tp: int = 1  # tensor-parallel ranks per model copy (heads and channels split, parallel/tensor.py); FSDP2 over the remaining world_size / tp ranks (--fsdp: resharded after forward, ZeRO-3; else kept, ZeRO-2)
 
     def __post_init__(self) -> None:
         checks = [

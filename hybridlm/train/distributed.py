@@ -6,8 +6,8 @@ and the model is used as is (FSDP on one process still shards over a world of on
 code path is exercised). CUDA ranks use NCCL and device cuda:LOCAL_RANK; CPU ranks use gloo.
 
 With `tp` > 1 the world is a mesh (parallel/mesh.py): each model copy is split over `tp` ranks
-(parallel/tensor.py) and DDP or FSDP2 runs over the remaining data-parallel dimension, so 2D
-layouts are one command. Every rank of a TP group reads the same micro-batches (`dp_rank`).
+(parallel/tensor.py) and FSDP2 runs over the remaining data-parallel dimension (see `_wrap_split`),
+so 2D layouts are one command. Every rank of a TP group reads the same micro-batches (`dp_rank`).
 
 Checkpoints are consolidated: `full_state` gathers full (unsharded) model and optimizer state
 dicts on rank 0, keyed by parameter name, whatever the wrapping; `load_full_state` takes the same
@@ -111,7 +111,7 @@ def wrap(model: nn.Module, ctx: DistContext, find_unused: bool = False) -> nn.Mo
     FSDP2 shards each block, then the root (embeddings, final norm, head), so one block's full
     parameters exist at a time. find_unused: DDP must expect parameters without gradients (MoE
     experts no token was routed to). With ctx.layout.tp > 1 the model is split first (sets ctx.tp)
-    and DDP or FSDP2 spans the mesh's data-parallel dimension only."""
+    and FSDP2 spans the mesh's data-parallel dimension only."""
     if ctx.mesh is not None:
         return _wrap_split(model, ctx, find_unused)
     if ctx.fsdp:
@@ -129,21 +129,21 @@ def wrap(model: nn.Module, ctx: DistContext, find_unused: bool = False) -> nn.Mo
 
 
 def _wrap_split(model: nn.Module, ctx: DistContext, find_unused: bool) -> nn.Module:
+    """Split over the TP group; replicas over the dp dimension always use FSDP2 here, because torch's
+    DDP swaps DTensor parameters for local tensors around each step (the optimizer and the state
+    dict would lose them). Without --fsdp the parameters stay gathered after the forward (ZeRO-2:
+    a reduce-scatter plus an all-gather per step, the bytes of DDP's all-reduce)."""
     from ..parallel.tensor import parallelize_tensor
 
     ctx.tp = parallelize_tensor(model, ctx.mesh["tp"])
+    if ctx.layout.dp == 1:
+        return model
+    from torch.distributed.fsdp import fully_shard
+
     dp_mesh = ctx.mesh["dp"]
-    if ctx.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:
-            fully_shard(block, mesh=dp_mesh)
-        return fully_shard(model, mesh=dp_mesh)
-    if ctx.layout.dp > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model, device_mesh=dp_mesh, find_unused_parameters=find_unused)
-    return model
+    for block in model.blocks:
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=ctx.fsdp)
+    return fully_shard(model, mesh=dp_mesh, reshard_after_forward=ctx.fsdp)
 
 
 def clip_grad_norm(model: nn.Module, ctx: DistContext, max_norm: float) -> float:
@@ -151,7 +151,7 @@ def clip_grad_norm(model: nn.Module, ctx: DistContext, max_norm: float) -> float
     if ctx.tp is not None:
         from ..parallel.tensor import clip_grad_norm as clip_split
 
-        dp_group = ctx.mesh["dp"].get_group() if ctx.fsdp else None
+        dp_group = ctx.mesh["dp"].get_group() if ctx.layout.dp > 1 else None  # FSDP2-sharded gradients
         return float(clip_split(unwrap(model), ctx.tp, max_norm, dp_group))
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
@@ -208,7 +208,7 @@ def _split_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: D
     """`full_state` of a TP-split model: canonical tensors, in get_state_dict's layout."""
     from ..parallel.tensor import full_tensor
 
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = _optimizer_names(model, optimizer)
     model_sd = {n: full_tensor(ctx.tp, n, t.detach()).cpu() for n, t in model.state_dict().items()}
     state = {}
     for p, s in optimizer.state.items():
@@ -226,7 +226,7 @@ def _load_split_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_
     from ..parallel.tensor import load_full_state_dict, load_full_tensor
 
     load_full_state_dict(model, ctx.tp, model_sd)
-    params = dict(model.named_parameters())
+    params = {name: p for p in _optimizer_params(optimizer) for name in [_optimizer_names(model, optimizer)[id(p)]]}
     for name, saved in optim_sd["state"].items():
         p = params[name]
         state = optimizer.state[p]
@@ -237,3 +237,20 @@ def _load_split_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_
                 load_full_tensor(ctx.tp, name, state[k], v)
     for group, saved in zip(optimizer.param_groups, optim_sd["param_groups"]):
         group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """id(optimizer parameter) -> parameter name, by the order `build_optimizer` listed them. Not by
+    looking the objects up in the model: FSDP2 without resharding leaves other (unsharded)
+    parameter objects registered on the module after an evaluation forward."""
+    from .optim import decay_groups
+
+    decay, no_decay = decay_groups(model)
+    params = _optimizer_params(optimizer)
+    if len(params) != len(decay) + len(no_decay):
+        raise RuntimeError("the optimizer's parameters do not match the model's decay groups")
+    return {id(p): n for p, n in zip(params, decay + no_decay)}
