@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from ..analysis.parallel import tp_problem
 from ..config import ModelConfig
 from ..nn.mlp import is_glu
 
@@ -66,32 +67,11 @@ class TensorParallel:
 
 
 def check_tensor_parallel(cfg: ModelConfig, tp: int) -> None:
-    """Raise ValueError naming the first thing in `cfg` that tp ranks cannot split."""
-    if tp < 1:
-        raise ValueError(f"--tp must be at least 1, got {tp}")
-    if cfg.family != "decoder":
-        raise ValueError(f"tensor parallelism covers decoder models; this is a {cfg.family} model")
-    if tp == 1:
-        return
-    kinds = set(cfg.blocks)
-    rules = []
-    if "attention" in kinds:
-        rules += [(cfg.n_heads, "n_heads"), (cfg.n_kv_heads, "n_kv_heads")]
-        if cfg.position == "alibi":
-            raise ValueError("tensor parallelism does not split ALiBi models (the slopes are per model, "
-                             "not per rank)")
-    if "mlp" in kinds:
-        rules.append((cfg.d_ff, "d_ff"))
-    if "moe" in kinds:
-        rules.append((cfg.moe_d_ff, "moe_d_ff"))
-        if cfg.moe_shared_expert_d_ff:
-            rules.append((cfg.moe_shared_expert_d_ff, "moe_shared_expert_d_ff"))
-    if "mamba" in kinds:
-        rules += [(cfg.mamba_n_heads, "mamba_n_heads"), (cfg.mamba_n_groups, "mamba_n_groups")]
-    for value, name in rules:
-        if value % tp:
-            raise ValueError(f"--tp {tp} does not divide {name} = {value}: each rank must hold whole "
-                             f"heads, groups and channels (choose a tp that divides it)")
+    """Raise ValueError naming the first thing in `cfg` that tp ranks cannot split (the rules are
+    the cost model's too: analysis/parallel.py `tp_problem`)."""
+    problem = tp_problem(cfg, tp)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 # -- the canonical <-> sharded row order -----------------------------------------------------------

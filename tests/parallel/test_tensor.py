@@ -38,12 +38,30 @@ def tp_run(tmp_path_factory):
     return out, json.loads((out / "tp.json").read_text())
 
 
+MODEL_CONFIGS = {"dense": ("llama-tiny", {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "d_ff": 96}),
+                 "moe": ("mixtral-tiny", {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "d_ff": 64,
+                                          "n_experts": 4, "moe_impl": "fast"}),
+                 "hybrid": ("nemotron-h-tiny", {"d_model": 64, "d_ff": 96})}  # as in tp_worker.py
+
+
 @pytest.mark.parametrize("model", ["dense", "moe", "hybrid"])
 def test_tp2_matches_one_process(tp_run, model):
     r = tp_run[1][model]
     assert abs(r["loss"] - r["ref_loss"]) < 1e-5
     assert r["grad_rel_err"] < 1e-5  # every parameter's gradient, gathered back to canonical order
     assert r["n_split"] > 0 and r["local_params"] < r["full_params"]  # the matrices really are split
+
+
+@pytest.mark.parametrize("model", ["dense", "moe", "hybrid"])
+def test_cost_model_predicts_the_measured_split(tp_run, model):
+    """analysis/parallel.py against the gloo run: parameters held per rank, and the all-reduces of one
+    forward + backward counted by CommDebugMode (every expert got tokens in this batch)."""
+    from hybridlm.analysis.parallel import stage_parameters, tp_all_reduces
+
+    r = tp_run[1][model]
+    cfg = get_preset(MODEL_CONFIGS[model][0], **MODEL_CONFIGS[model][1])
+    assert r["local_params"] == stage_parameters(cfg, tp=2, pp=1)[0]
+    assert r["all_reduces"] == tp_all_reduces(cfg, 2) > 0
 
 
 def test_tp1_checkpoint_resumes_at_tp2(tp_run):

@@ -7,6 +7,8 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn import functional as F
 
 from hybridlm.models import build_model
@@ -40,8 +42,11 @@ def compare(name, preset, overrides, tp_mesh):
     ref_loss = loss_of(ref, ids, name == "moe")
     ref_loss.backward()
     tp = parallelize_tensor(model, tp_mesh)
-    loss = loss_of(model, ids, name == "moe")
-    loss.backward()
+    with CommDebugMode() as comm:  # counts the collectives DTensor issues
+        loss = loss_of(model, ids, name == "moe")
+        loss.backward()
+    all_reduces = comm.get_comm_counts().get(funcol.all_reduce, 0) + \
+        comm.get_comm_counts().get(torch.ops.c10d_functional.all_reduce, 0)
     grads = dict(model.named_parameters())
     worst = 0.0
     for pname, p in ref.named_parameters():
@@ -50,7 +55,8 @@ def compare(name, preset, overrides, tp_mesh):
         worst = max(worst, (g - p.grad).abs().max().item() / scale)
     local_params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
     return {"loss": loss.item(), "ref_loss": ref_loss.item(), "grad_rel_err": worst, "n_split": len(tp.specs),
-            "local_params": local_params, "full_params": sum(p.numel() for p in ref.parameters())}
+            "local_params": local_params, "full_params": sum(p.numel() for p in ref.parameters()),
+            "all_reduces": all_reduces}
 
 
 def step(model, opt, ids):
