@@ -3,9 +3,6 @@ the unsplit model for a dense, an MoE and a hybrid tiny model, and sharded check
 TP sizes; the plan's bookkeeping is checked without processes."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,18 +14,9 @@ from hybridlm.parallel.checkpoint import load_sharded
 from hybridlm.parallel.tensor import check_tensor_parallel, deinterleave, interleave, shard_specs
 from hybridlm.presets import get_preset
 
+from .conftest import torchrun
+
 WORKER = Path(__file__).with_name("tp_worker.py")
-
-
-def torchrun(script: Path, nproc: int, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `script` on nproc CPU processes (gloo) under torchrun; fails the test on a non-zero exit."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(script), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
