@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -79,11 +80,15 @@ def _load(args):
     dtype, warning = resolve_dtype(args.dtype, device)
     if warning:
         _log(f"hybridlm: warning: {warning}")
+    tp = getattr(args, "tp", 1)
+    if tp > 1 and (args.compile or args.linear == "packed"):
+        raise ValueError("--tp splits nn.Linear weights: drop --compile and --linear packed")
     if args.compile and args.cache != "static":
         raise ValueError("--compile needs the static cache (drop --cache dynamic)")
     if args.compile and getattr(args, "kv_cache", "float") != "float":
         raise ValueError("--kv-cache int8 runs eager only (drop --compile)")
-    keep_quantized = args.dtype == "auto" and device.type == "cpu"  # a GGUF runs in its own precision
+    # a GGUF runs in its own precision, but only float weights split under --tp
+    keep_quantized = args.dtype == "auto" and device.type == "cpu" and tp == 1
     loaded = load_model(args.model, dtype=dtype, device=device, keep_quantized=keep_quantized)
     family = getattr(loaded.model.config, "family", "decoder")
     if family == "encoder":
@@ -91,6 +96,9 @@ def _load(args):
     if family == "seq2seq" and (args.compile or getattr(args, "func", None) is not cmd_generate):
         raise ValueError(f"{loaded.name} is an encoder-decoder: it runs with `hybridlm generate` and without --compile")
     loaded.model.eval()
+    if tp > 1:
+        _split(loaded.model, tp, device)
+        return loaded
     _set_quant_kernels(loaded.model, args)
     if args.compile:
         _log("hybridlm: compiling the decode step (once per process; inductor caches its kernels on disk)")
@@ -104,6 +112,23 @@ def _load(args):
     pack_linears(loaded.model, choice)
     loaded.load_seconds += time.perf_counter() - start
     return loaded
+
+
+def _split(model, tp: int, device) -> None:
+    """Tensor-parallel inference under torchrun: this rank keeps 1/tp of every split layer."""
+    import torch.distributed as dist
+
+    from ..parallel.mesh import Layout, build_mesh
+    from ..parallel.tensor import check_tensor_parallel, parallelize_for_inference
+
+    check_tensor_parallel(model.config, tp)
+    if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            raise ValueError(f"--tp {tp} runs under torchrun: torchrun --nproc-per-node {tp} -m hybridlm generate ...")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_world_size() != tp:
+        raise ValueError(f"--tp {tp} needs exactly {tp} processes, torchrun started {dist.get_world_size()}")
+    parallelize_for_inference(model, build_mesh(Layout(tp=tp), device)["tp"])
 
 
 def _set_quant_kernels(model, args) -> None:
@@ -204,6 +229,10 @@ def cmd_generate(args) -> int:
     else:
         streamer.finish()
     _log(_stats_line(result.stats, loaded.load_seconds))
+    if getattr(args, "tp", 1) > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if getattr(args, "speculative", None):
         st = result.stats
         _log(f"speculative {args.speculative}, k={args.num_speculative_tokens}: accepted {st.accepted} of "
@@ -361,6 +390,10 @@ def register(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks: run under `torchrun --nproc-per-node N -m hybridlm generate ... "
+                        "--tp N`; each rank holds 1/N of the attention heads, KV cache, MLP channels and Mamba "
+                        "heads (float weights: a GGUF is dequantized; no --compile). Every rank prints the text")
     _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)
 

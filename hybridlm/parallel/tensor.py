@@ -258,3 +258,30 @@ def clip_grad_norm(model: nn.Module, tp: TensorParallel, max_norm: float, dp_gro
             if p.grad is not None:
                 local_tensor(p.grad).mul_(scale)
     return norm
+
+
+# -- inference ------------------------------------------------------------------------------------
+def local_config(cfg: ModelConfig, tp: int) -> ModelConfig:
+    """The config of one rank's slice: its cache holds n_kv_heads / tp KV heads and the Mamba heads
+    and groups / tp (the same shapes the split layers compute with)."""
+    import dataclasses
+
+    check_tensor_parallel(cfg, tp)
+    return dataclasses.replace(cfg, n_heads=cfg.n_heads // tp, n_kv_heads=cfg.n_kv_heads // tp,
+                               mamba_n_heads=cfg.mamba_n_heads // tp, mamba_n_groups=cfg.mamba_n_groups // tp)
+
+
+def parallelize_for_inference(model: nn.Module, tp_mesh) -> TensorParallel:
+    """`parallelize_tensor` for generation: also gives the model a `new_cache` sized for its slice,
+    so `generate`, beam search and speculative decoding run unchanged on every rank (each rank runs
+    the same loop on replicated logits, so all pick the same tokens). Mutates the model."""
+    from ..cache import Cache
+
+    tp = parallelize_tensor(model, tp_mesh)
+    cfg = local_config(model.config, tp.size)
+
+    def new_cache(batch_size: int, **kwargs) -> Cache:
+        return Cache(cfg, batch_size, dtype=model.dtype, device=model.device, **kwargs)
+
+    model.new_cache = new_cache  # the instance's cache now matches its split layers
+    return tp
