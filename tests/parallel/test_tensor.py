@@ -16,14 +16,6 @@ from hybridlm.presets import get_preset
 
 from .conftest import torchrun
 
-WORKER = Path(__file__).with_name("tp_worker.py")
-
-
-@pytest.fixture(scope="module")
-def tp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tp")
-    torchrun(WORKER, 2, out)
-    return out, json.loads((out / "tp.json").read_text())
 
 
 MODEL_CONFIGS = {"dense": ("llama-tiny", {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "d_ff": 96}),

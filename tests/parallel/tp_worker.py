@@ -1,8 +1,10 @@
 """Run under torchrun (gloo, CPU): tensor-parallel forward and backward of tiny dense, MoE and hybrid
-models against the same model unsplit in this process. Rank 0 writes the largest differences to
-OUT/tp.json; the test asserts on them."""
+models against the same model unsplit in this process, sharded checkpoints across TP sizes, and
+expert parallelism (ep_worker.py). Rank 0 writes the largest differences to OUT/tp.json, every rank
+OUT/ep_RANK.json; the tests assert on them."""
 
 import json
+import os
 import sys
 
 import torch
@@ -106,6 +108,10 @@ def main(out):
     mesh = build_mesh(Layout(tp=dist.get_world_size()), torch.device("cpu"))
     results = {name: compare(name, preset, overrides, mesh["tp"]) for name, (preset, overrides) in MODELS.items()}
     results["checkpoint"] = checkpoint_round_trip(mesh["tp"], out)
+    sys.path.insert(0, os.path.dirname(__file__))
+    import ep_worker  # expert parallelism in the same launch (one process start-up fewer)
+
+    ep_worker.run(out)
     if dist.get_rank() == 0:
         with open(f"{out}/tp.json", "w") as f:
             json.dump(results, f)
