@@ -109,9 +109,11 @@ def main(out):
     results = {name: compare(name, preset, overrides, mesh["tp"]) for name, (preset, overrides) in MODELS.items()}
     results["checkpoint"] = checkpoint_round_trip(mesh["tp"], out)
     sys.path.insert(0, os.path.dirname(__file__))
-    import ep_worker  # expert parallelism in the same launch (one process start-up fewer)
+    import cp_worker  # expert and context parallelism in the same launch (one process start-up fewer)
+    import ep_worker
 
     ep_worker.run(out)
+    cp_worker.run(out)
     if dist.get_rank() == 0:
         with open(f"{out}/tp.json", "w") as f:
             json.dump(results, f)
