@@ -209,7 +209,7 @@ def cmd_generate(args) -> int:
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
     ids = tok.encode(prompt)
     # stop strings are only known to be text once complete, so with them the text is printed at the end
-    streamer = _Streamer(tok) if not args.json and not sampling.stop else None
+    streamer = _Streamer(tok) if not args.json and not sampling.stop and getattr(args, "tp", 1) == 1 else None
     model, prompts = loaded.model, [ids]
     if getattr(model.config, "family", "decoder") == "seq2seq":  # the prompt feeds the encoder, once
         model = model.bind_source(ids)
@@ -220,6 +220,13 @@ def cmd_generate(args) -> int:
         result = generate(model, prompts, sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
                           kv_dtype=args.kv_cache)
     text = result.texts[0]
+    if getattr(args, "tp", 1) > 1:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:  # every rank generated the same tokens; rank 0 reports them
+            return 0
     if args.json:
         print(json.dumps({"model": loaded.name, "text": text, "prompt_token_ids": ids,
                           "token_ids": result.tokens[0], "finish_reason": result.finish_reasons[0],
@@ -229,10 +236,6 @@ def cmd_generate(args) -> int:
     else:
         streamer.finish()
     _log(_stats_line(result.stats, loaded.load_seconds))
-    if getattr(args, "tp", 1) > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     if getattr(args, "speculative", None):
         st = result.stats
         _log(f"speculative {args.speculative}, k={args.num_speculative_tokens}: accepted {st.accepted} of "
@@ -393,7 +396,7 @@ def register(sub) -> None:
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel ranks: run under `torchrun --nproc-per-node N -m hybridlm generate ... "
                         "--tp N`; each rank holds 1/N of the attention heads, KV cache, MLP channels and Mamba "
-                        "heads (float weights: a GGUF is dequantized; no --compile). Every rank prints the text")
+                        "heads (float weights: a GGUF is dequantized; no --compile); rank 0 prints the text")
     _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)
 

@@ -23,7 +23,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def corpus_module(tmp_path_factory):
-    """120 documents in one JSONL: every 10th is an exact copy (re-cased, re-spaced) of one 60 lines
+    """120 documents in one JSONL (max_docs=120 reads them all): every 10th is an exact copy (re-cased, re-spaced) of one 60 lines
     earlier, every 10th + 5 a near copy (one word changed); an evaluation file shares a document."""
     from tests.data.conftest import prose_maker
 
@@ -44,7 +44,7 @@ def corpus_module(tmp_path_factory):
 
 def _config(corpus, tokenizer) -> PrepareConfig:
     web, evaluation = corpus
-    return PrepareConfig(inputs=(f"web={web}",), default_corpus=True, max_docs=150, tokenizer=tokenizer,
+    return PrepareConfig(inputs=(f"web={web}",), default_corpus=True, max_docs=120, tokenizer=tokenizer,
                          near_dedup=MinHashConfig(), decontam=DecontamConfig(files=(str(evaluation),)),
                          show_progress=False)
 

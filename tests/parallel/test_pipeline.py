@@ -26,6 +26,7 @@ def pp_run(tmp_path_factory):
     return [json.loads((out / f"pp_{rank}.json").read_text()) for rank in (0, 1)]
 
 
+@pytest.mark.slow  # ~20 s of process start-up: the default suite's budget goes to TP, EP and CP
 @pytest.mark.parametrize("model", ["dense", "hybrid"])
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_two_stages_match_one_process(pp_run, model, schedule):
