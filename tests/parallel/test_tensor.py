@@ -2,9 +2,6 @@
 the unsplit model for a dense, an MoE and a hybrid tiny model, and sharded checkpoints move between
 TP sizes; the plan's bookkeeping is checked without processes."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,7 +11,6 @@ from hybridlm.parallel.checkpoint import load_sharded
 from hybridlm.parallel.tensor import check_tensor_parallel, deinterleave, interleave, shard_specs
 from hybridlm.presets import get_preset
 
-from .conftest import torchrun
 
 
 
