@@ -86,6 +86,8 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.peak_flops is None or self.peak_flops > 0, "peak_flops must be positive"),
             (self.tp >= 1, "tp must be at least 1"),
+            (self.qat is None or self.tp == 1, "--qat and --tp do not combine (tensor parallelism splits nn.Linear "
+                                               "weights; QAT replaces them with fake-quantized modules)"),
         ]
         for ok, message in checks:
             if not ok:

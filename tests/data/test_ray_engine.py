@@ -85,3 +85,11 @@ def test_a_killed_worker_loses_and_duplicates_nothing(ray_cluster, corpus_module
 def test_options_are_checked():
     with pytest.raises(ValueError, match="at least 1"):
         RayOptions(partition_docs=0)
+
+
+def test_cli_ray_options_need_the_ray_engine(tmp_path, capsys):
+    from hybridlm.cli import main
+
+    assert main(["data", "prepare", "--default", "--out", str(tmp_path / "x"), "--ray-workers", "2"]) != 0
+    assert "need --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
