@@ -5,7 +5,9 @@ The trick is to save in the canonical layout. A split parameter's local slice is
 ([q; k; v], [gate; up], [z; x; B; C; dt], ...), a contiguous row block of that part's canonical
 tensor, so each part is saved as its own DTensor (`Shard(dim)`) under "NAME/partI" (or "NAME"
 for one part). DCP records every shard's global offset; on load it reads whatever overlaps the
-reader's own pieces, so tp 2 -> tp 1, tp 1 -> tp 2 and tp 2 -> tp 4 are one code path.
+reader's own pieces, so every change of TP size is one code path (tested: tp 1 -> tp 2 and
+tp 2 -> one process). Layouts with FSDP2 on top of TP are not saved this way (`train --tp` writes
+the consolidated checkpoint instead).
 Replicated tensors are written once (DCP de-duplicates them across ranks).
 
     DIR/                   a DCP directory (.metadata + one __R_0.distcp per rank)
