@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
+if [ "${1:-}" = "--test" ]; then extras="[test,ray]"; fi
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 log=.venv/setup.log
 : > "$log"

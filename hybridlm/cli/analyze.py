@@ -13,11 +13,43 @@ def cmd_analyze(args) -> int:
     from ..checkpoints.registry import describe_source
 
     cfg, source = describe_source(args.model)
+    if args.gpus is not None or any(v != 1 for v in (args.tp, args.pp, args.dp)):
+        return _parallel(args, cfg, source)
     result = analyze(cfg, args.context, args.batch, args.dtype, args.kv_cache)
     if args.json:
         print(json.dumps({"model": args.model, "source": source, **result.as_dict()}))
     else:
         print(format_analysis(f"{args.model} ({source})", result))
+    return 0
+
+
+def _parallel(args, cfg, source) -> int:
+    from ..analysis.parallel import (ParallelSetup, device_memory, fitting_layouts, format_device_memory,
+                                     format_fitting, tp_problem)
+
+    seq_len = args.context or cfg.max_seq_len
+    name = f"{args.model} ({source})"
+    if args.gpus is not None:
+        if args.gpu_memory is None or args.gpu_memory <= 0 or args.gpus < 1:
+            raise ValueError("--gpus needs a positive --gpu-memory (GB per device)")
+        found = fitting_layouts(cfg, args.gpus, args.gpu_memory * 1e9, seq_len, args.batch)
+        if args.json:
+            print(json.dumps({"model": args.model, "gpus": args.gpus, "gpu_memory_gb": args.gpu_memory,
+                              "layouts": [{**vars(s), **m.as_dict()} for s, m in found]}))
+        else:
+            print(format_fitting(name, args.gpus, args.gpu_memory * 1e9, found))
+        return 0
+    problem = tp_problem(cfg, args.tp)
+    if problem is not None:
+        raise ValueError(problem)
+    setup = ParallelSetup(tp=args.tp, pp=args.pp, dp=args.dp, zero=args.zero, seq_len=seq_len,
+                          micro_batch=args.batch, grad_accum=max(args.pp, 1), param_dtype=args.dtype,
+                          act_dtype=args.dtype)
+    mem = device_memory(cfg, setup)
+    if args.json:
+        print(json.dumps({"model": args.model, "source": source, "layout": vars(setup), **mem.as_dict()}))
+    else:
+        print(format_device_memory(name, setup, mem))
     return 0
 
 
@@ -55,6 +87,18 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (params_total, params_active, "
                    "weight_bytes, flops_per_token_prefill, flops_per_token_decode, cache_bytes_per_token, "
                    "cache_bytes_at_context, ...)")
+    g = p.add_argument_group(
+        "parallel layouts", "per-device weight, gradient, optimizer, activation and cache bytes and the bytes "
+        "each device sends per step for a layout (--batch is then the micro-batch per replica, --context the "
+        "sequence length); or, with --gpus and --gpu-memory, every layout that fits")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (heads and channels split; default 1)")
+    g.add_argument("--pp", type=int, default=1, help="pipeline stages (contiguous blocks; default 1)")
+    g.add_argument("--dp", type=int, default=1, help="data-parallel replicas (default 1)")
+    g.add_argument("--zero", default="ddp", choices=["ddp", "zero2", "zero3"],
+                   help="what data parallelism shards: nothing (DDP), gradients and optimizer (ZeRO-2), or "
+                        "also the weights (ZeRO-3 = FSDP2, hybridlm train --fsdp) (default ddp)")
+    g.add_argument("--gpus", type=int, default=None, help="list the layouts of exactly this many devices that fit")
+    g.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory of one device, with --gpus")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(

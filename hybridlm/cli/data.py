@@ -23,6 +23,7 @@ examples:
   hybridlm data prepare --default --out data/pydoc
   hybridlm data prepare prose=notes/ code=src/ --ext .md,.py --mix prose=0.7,code=0.3 --out data/mine
   hybridlm data prepare crawl.jsonl --text-field content --decontaminate eval/test.jsonl --out data/web
+  hybridlm data prepare --default --engine ray --ray-workers 2 --out data/pydoc-ray
 """
 
 TOKENIZER_EPILOG = """\
@@ -75,7 +76,17 @@ def cmd_prepare(args) -> int:
         decontam=DecontamConfig(files=tuple(args.decontaminate), n=_int_or_none(args.ngram, "--ngram")),
         mix=MixConfig.parse(args.mix, total=args.mix_total, seed=seed),
         val_fraction=_float(args.val_fraction, "--val-fraction"), seed=seed, show_progress=not args.quiet)
-    prepare(args.out, config, overwrite=args.overwrite)
+    ray = None
+    if args.engine == "ray":
+        from ..data.ray_engine import RayOptions
+
+        ray = RayOptions(address=args.ray_address, workers=_int_or_none(args.ray_workers, "--ray-workers"),
+                         partition_docs=_int_or_none(args.partition_docs, "--partition-docs"))
+    elif args.ray_address or args.ray_workers:
+        from ..data.documents import DataError
+
+        raise DataError("--ray-address and --ray-workers need --engine ray")
+    prepare(args.out, config, overwrite=args.overwrite, ray=ray)
     return 0
 
 
@@ -136,6 +147,19 @@ def _register_prepare(sub) -> None:
     g.add_argument("--val-fraction", default="0.05", help="documents of each source held out (default 0.05)")
     g.add_argument("--seed", default="0", help="seeds the split, the mix and MinHash (default 0)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default, needs no Ray); ray: extract, filters, dedup, "
+                        "decontamination and tokenization as Ray tasks over partitions of the corpus, with "
+                        "exact and MinHash dedup shuffled by key across partitions; the output is identical "
+                        "(pip install 'hybridlm[ray]')")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster (e.g. 10.0.0.5:6379 or ray://head:10001); without it a "
+                        "private local Ray is started, bound to 127.0.0.1, and stopped at the end")
+    g.add_argument("--ray-workers", default=None, metavar="N",
+                   help="CPUs of the local Ray started without --ray-address (default: all)")
+    g.add_argument("--partition-docs", default="2000", metavar="N",
+                   help="raw records per Ray map task (default 2000)")
     p.set_defaults(func=cmd_prepare)
 
 

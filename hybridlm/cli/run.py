@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -87,13 +88,17 @@ def _load(args):
     dtype, warning = resolve_dtype(args.dtype, device)
     if warning:
         _log(f"hybridlm: warning: {warning}")
+    tp = getattr(args, "tp", 1)
+    if tp > 1 and (args.compile or args.linear == "packed"):
+        raise ValueError("--tp splits nn.Linear weights: drop --compile and --linear packed")
     if args.compile and args.cache != "static":
         raise ValueError("--compile needs the static cache (drop --cache dynamic)")
     if args.compile and getattr(args, "kv_cache", "float") != "float":
         raise ValueError("--kv-cache int8 runs eager only (drop --compile)")
     if args.compile and getattr(args, "decode_step", "auto") == "native":
         raise ValueError("--decode-step native and --compile are two ways to run the decode step: choose one")
-    keep_quantized = args.dtype == "auto" and device.type == "cpu"  # a GGUF runs in its own precision
+    # a GGUF runs in its own precision, but only float weights split under --tp
+    keep_quantized = args.dtype == "auto" and device.type == "cpu" and tp == 1
     loaded = load_model(args.model, dtype=dtype, device=device, keep_quantized=keep_quantized)
     family = getattr(loaded.model.config, "family", "decoder")
     if family == "encoder":
@@ -101,6 +106,9 @@ def _load(args):
     if family == "seq2seq" and (args.compile or getattr(args, "func", None) is not cmd_generate):
         raise ValueError(f"{loaded.name} is an encoder-decoder: it runs with `hybridlm generate` and without --compile")
     loaded.model.eval()
+    if tp > 1:
+        _split(loaded.model, tp, device)
+        return loaded
     _set_quant_kernels(loaded.model, args)
     if args.compile:
         _log("hybridlm: compiling the decode step (once per process; inductor caches its kernels on disk)")
@@ -114,6 +122,23 @@ def _load(args):
     pack_linears(loaded.model, choice)
     loaded.load_seconds += time.perf_counter() - start
     return loaded
+
+
+def _split(model, tp: int, device) -> None:
+    """Tensor-parallel inference under torchrun: this rank keeps 1/tp of every split layer."""
+    import torch.distributed as dist
+
+    from ..parallel.mesh import Layout, build_mesh
+    from ..parallel.tensor import check_tensor_parallel, parallelize_for_inference
+
+    check_tensor_parallel(model.config, tp)
+    if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            raise ValueError(f"--tp {tp} runs under torchrun: torchrun --nproc-per-node {tp} -m hybridlm generate ...")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_world_size() != tp:
+        raise ValueError(f"--tp {tp} needs exactly {tp} processes, torchrun started {dist.get_world_size()}")
+    parallelize_for_inference(model, build_mesh(Layout(tp=tp), device)["tp"])
 
 
 def _set_quant_kernels(model, args) -> None:
@@ -214,7 +239,7 @@ def cmd_generate(args) -> int:
         prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
     ids = tok.encode(prompt)
     # stop strings are only known to be text once complete, so with them the text is printed at the end
-    streamer = _Streamer(tok) if not args.json and not sampling.stop else None
+    streamer = _Streamer(tok) if not args.json and not sampling.stop and getattr(args, "tp", 1) == 1 else None
     model, prompts = loaded.model, [ids]
     if getattr(model.config, "family", "decoder") == "seq2seq":  # the prompt feeds the encoder, once
         model = model.bind_source(ids)
@@ -223,9 +248,15 @@ def cmd_generate(args) -> int:
         result = _speculative(args, loaded, model, prompts, sampling, streamer)
     else:
         result = generate(_decoding_model(args, model), prompts, sampling, cache_kind=args.cache, decode=tok.decode,
-                          on_token=streamer,
-                          kv_dtype=args.kv_cache)
+                          on_token=streamer, kv_dtype=args.kv_cache)
     text = result.texts[0]
+    if getattr(args, "tp", 1) > 1:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:  # every rank generated the same tokens; rank 0 reports them
+            return 0
     if args.json:
         print(json.dumps({"model": loaded.name, "text": text, "prompt_token_ids": ids,
                           "token_ids": result.tokens[0], "finish_reason": result.finish_reasons[0],
@@ -393,6 +424,10 @@ def register(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead of text")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks: run under `torchrun --nproc-per-node N -m hybridlm generate ... "
+                        "--tp N`; each rank holds 1/N of the attention heads, KV cache, MLP channels and Mamba "
+                        "heads (float weights: a GGUF is dequantized; no --compile); rank 0 prints the text")
     _add_decode_step_arg(p)
     _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)

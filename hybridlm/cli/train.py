@@ -96,7 +96,8 @@ def register(sub) -> None:
                     "(one JSON object per optimizer step), RUN_DIR/loss.png, checkpoints in RUN_DIR/checkpoints "
                     "(--resume continues the newest exactly) and, at the end, RUN_DIR/model as an HF checkpoint "
                     "that `hybridlm generate` and transformers load. On several devices run it under torchrun: "
-                    "`torchrun --nproc-per-node N -m hybridlm train ...` (DDP; --fsdp shards with FSDP2).")
+                    "`torchrun --nproc-per-node N -m hybridlm train ...` (DDP; --fsdp shards with FSDP2; --tp T splits "
+                    "each model copy over T ranks by heads and channels, with FSDP2 over the other N / T).")
     _add_config_options(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary of the run on stdout")
     p.set_defaults(func=cmd_train)

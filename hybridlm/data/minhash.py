@@ -106,20 +106,29 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> set[tuple[
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         for lo, hi in zip(starts, np.r_[starts[1:], len(order)]):
-            if hi - lo < 2:
-                continue
-            members = [int(m) for m in np.sort(order[lo:hi])]
-            if len(members) <= _ALL_PAIRS:
-                pairs.update((m, k) for i, m in enumerate(members) for k in members[i + 1:])
-            else:  # a crowded bucket: pairing each with the first keeps this linear
-                pairs.update((members[0], k) for k in members[1:])
+            if hi - lo > 1:
+                pairs.update(bucket_pairs([int(m) for m in order[lo:hi]]))
     return pairs
+
+
+def bucket_pairs(members: list[int]) -> list[tuple[int, int]]:
+    """The candidate pairs (i, j), i < j, of the documents sharing one LSH bucket."""
+    members = sorted(members)
+    if len(members) <= _ALL_PAIRS:
+        return [(m, k) for i, m in enumerate(members) for k in members[i + 1:]]
+    return [(members[0], k) for k in members[1:]]  # a crowded bucket: pairing each with the first keeps this linear
 
 
 def near_duplicate_groups(signatures: np.ndarray, config: MinHashConfig) -> tuple[np.ndarray, int, int]:
     """(N,) index of each document's cluster representative (the earliest member), with the (bands,
     rows) used. Clusters join candidate pairs whose estimated Jaccard reaches the threshold."""
     bands, rows = lsh_bands(config.threshold, config.num_perm)
+    return cluster_pairs(signatures, candidate_pairs(signatures, bands, rows), config.threshold), bands, rows
+
+
+def cluster_pairs(signatures: np.ndarray, pairs: set[tuple[int, int]], threshold: float) -> np.ndarray:
+    """(N,) cluster representative (earliest member) of each row of (N, K) signatures, joining the
+    candidate pairs whose estimated Jaccard reaches the threshold (in sorted pair order)."""
     parent = np.arange(len(signatures))
 
     def root(i: int) -> int:
@@ -128,9 +137,9 @@ def near_duplicate_groups(signatures: np.ndarray, config: MinHashConfig) -> tupl
             i = int(parent[i])
         return i
 
-    for i, j in sorted(candidate_pairs(signatures, bands, rows)):
-        if estimated_jaccard(signatures[i], signatures[j]) >= config.threshold:
+    for i, j in sorted(pairs):
+        if estimated_jaccard(signatures[i], signatures[j]) >= threshold:
             ri, rj = root(i), root(j)
             if ri != rj:
                 parent[max(ri, rj)] = min(ri, rj)
-    return np.array([root(i) for i in range(len(signatures))], dtype=np.int64), bands, rows
+    return np.array([root(i) for i in range(len(signatures))], dtype=np.int64)

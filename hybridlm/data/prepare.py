@@ -16,13 +16,14 @@ nothing. The whole corpus is held in memory: this is sized for corpora up to a f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from .shards import read_manifest, token_dtype, write_manifest, write_split
 from .sources import DEFAULT_EXTENSIONS, ReadOptions, Source, parse_inputs
 from .split import split_documents
 from .tokenization import encode_documents, resolve_tokenizer, separator_id
+
+if TYPE_CHECKING:  # importing the options here would import nothing of Ray, but keep the door one-way
+    from .ray_engine import RayOptions  # noqa: F401
 
 DOCUMENTS = "documents.jsonl"
 TOKENIZER_DIR = "tokenizer"
@@ -152,11 +156,15 @@ def _mix_splits(splits: dict[str, list[Document]], config: MixConfig, names: lis
 
 
 def _write_tokens(tmp: Path, mixed: dict[str, list[Document]], tokenizer: Tokenizer, tok_info: dict[str, Any],
-                  shard_tokens: int, show: bool) -> dict[str, Any]:
-    """Encode each distinct document once, write the splits' shards; the manifest fields they give."""
+                  shard_tokens: int, show: bool, engine=None) -> dict[str, Any]:
+    """Encode each distinct document once (here, or by `engine`'s workers), write the splits' shards;
+    the manifest fields they give."""
     sep = separator_id(tokenizer)
     unique = list({id(d): d for docs in mixed.values() for d in docs}.values())
-    ids = dict(zip(map(id, unique), encode_documents([d.text for d in unique], tokenizer, show_progress=show)))
+    texts = [d.text for d in unique]
+    encoded = engine.encode_documents(texts, tokenizer) if engine is not None else \
+        encode_documents(texts, tokenizer, show_progress=show)
+    ids = dict(zip(map(id, unique), encoded))
     dtype, digest = token_dtype(tokenizer.vocab_size), hashlib.sha256()
     digest.update(json.dumps([str(dtype), tokenizer.vocab_size, sep, tok_info["sha256"]]).encode())
     splits, tokens_by_source = {}, {}
@@ -183,10 +191,12 @@ def _config_record(config: PrepareConfig) -> dict[str, Any]:
     return record
 
 
-def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = False) -> dict[str, Any]:
+def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = False,
+            ray: "RayOptions | None" = None) -> dict[str, Any]:
     """Build the dataset directory `out` (see the module docstring); returns its manifest.
 
-    An existing non-empty `out` is an error unless `overwrite`; nothing is written on failure."""
+    An existing non-empty `out` is an error unless `overwrite`; nothing is written on failure.
+    ray: run curation and tokenization as Ray tasks (ray_engine.py); the output is the same."""
     start, show = time.perf_counter(), config.show_progress
     if Path(out).exists() and not Path(out).is_dir():
         raise DataError(f"--out {out} is a file, not a directory")
@@ -194,8 +204,22 @@ def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = Fal
     names = [s.name for s in sources]
     config.mix.shares(names)  # unknown or missing --mix names fail before any work
     tokenizer, tok_info = resolve_tokenizer(config.tokenizer)
+    with contextlib.ExitStack() as stack:
+        engine = None
+        if ray is not None:
+            from .ray_engine import RayEngine
+
+            engine = stack.enter_context(RayEngine(ray, show))
+        manifest = _prepare_into(out, config, sources, tokenizer, tok_info, overwrite, engine)
+    log(f"wrote {out} (version {manifest['version']}) in {time.perf_counter() - start:.1f} s", show)
+    return read_manifest(out)
+
+
+def _prepare_into(out, config: PrepareConfig, sources: list[Source], tokenizer: Tokenizer, tok_info: dict,
+                  overwrite: bool, engine) -> dict[str, Any]:
+    show, names = config.show_progress, [s.name for s in sources]
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        docs, reports = curate(config, sources)
+        docs, reports = curate(config, sources) if engine is None else engine.curate(config, _records(sources))
         if not docs:
             raise DataError("no documents left after curation (see the stage counts above)")
         train, val, split_report = split_documents(docs, config.val_fraction, config.seed)
@@ -204,7 +228,7 @@ def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = Fal
         _write_documents(tmp / DOCUMENTS, {"train": train, "val": val})
         mixed, mix_report = _mix_splits({"train": train, "val": val}, config.mix, names, show)
         reports.append(mix_report)
-        manifest = _write_tokens(tmp, mixed, tokenizer, tok_info, config.shard_tokens, show)
+        manifest = _write_tokens(tmp, mixed, tokenizer, tok_info, config.shard_tokens, show, engine)
         manifest |= {
             "sources": {s.name: {"inputs": s.inputs} for s in sources},
             "weights": {s: a["target_share"] for s, a in mix_report.info["achieved"]["train"].items()},
@@ -213,5 +237,4 @@ def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = Fal
             "config": _config_record(config),
         }
         write_manifest(tmp, manifest)
-    log(f"wrote {out} (version {manifest['version']}) in {time.perf_counter() - start:.1f} s", show)
-    return read_manifest(out)
+    return manifest

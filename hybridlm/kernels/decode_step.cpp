@@ -15,7 +15,8 @@
 // vectorised ones).
 //
 // The plan is built once from a model (kernels/decode_step.py says which models qualify); it holds
-// references to the weight tensors, not copies. K/V caches are the model's own (Cache's KVSlot
+// references to the weight tensors, not copies, and scratch buffers of its own, so one plan serves
+// one decoding thread at a time. K/V caches are the model's own (Cache's KVSlot
 // tensors, (1, H_kv, capacity, D) float32): the step writes the new token's K and V at `pos` and
 // attends over positions 0..pos. The reference is the eager Decoder on the same cache: tests pin
 // the logits together.

@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # cpu, cuda, cuda:N or auto; under torchrun CUDA ranks use cuda:LOCAL_RANK
     threads: int | None = None  # torch CPU threads (default: torch's choice)
     fsdp: bool = False  # shard parameters, gradients and optimizer state with FSDP2 (else DDP)
+    tp: int = 1  # tensor-parallel ranks per model copy (heads and channels split, parallel/tensor.py); FSDP2 over the remaining world_size / tp ranks (--fsdp: resharded after forward, ZeRO-3; else kept, ZeRO-2)
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +85,9 @@ class TrainConfig:
             (self.eval_sequences >= 0, "eval_sequences must be non-negative"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.peak_flops is None or self.peak_flops > 0, "peak_flops must be positive"),
+            (self.tp >= 1, "tp must be at least 1"),
+            (self.qat is None or self.tp == 1, "--qat and --tp do not combine (tensor parallelism splits nn.Linear "
+                                               "weights; QAT replaces them with fake-quantized modules)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,6 +5,10 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `setup` reads them. Without them the ru
 and the model is used as is (FSDP on one process still shards over a world of one, so the same
 code path is exercised). CUDA ranks use NCCL and device cuda:LOCAL_RANK; CPU ranks use gloo.
 
+With `tp` > 1 the world is a mesh (parallel/mesh.py): each model copy is split over `tp` ranks
+(parallel/tensor.py) and FSDP2 runs over the remaining data-parallel dimension (see `_wrap_split`),
+so 2D layouts are one command. Every rank of a TP group reads the same micro-batches (`dp_rank`).
+
 Checkpoints are consolidated: `full_state` gathers full (unsharded) model and optimizer state
 dicts on rank 0, keyed by parameter name, whatever the wrapping; `load_full_state` takes the same
 dicts on every rank and shards them again, so a run saved by FSDP resumes under DDP or alone.
@@ -22,6 +26,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..device import resolve_device
+from ..parallel.mesh import Layout, build_mesh
 
 
 @dataclass
@@ -32,6 +37,18 @@ class DistContext:
     device: torch.device  # where this rank's model lives
     fsdp: bool  # parameters are sharded with FSDP2
     owns_group: bool  # this process created the process group and destroys it in `teardown`
+    layout: Layout = Layout()  # how the world splits: tp x pp x dp
+    mesh: object = None  # the DeviceMesh ("pp", "dp", "tp") when the model is split, else None
+    tp: object = None  # parallel.tensor.TensorParallel once `wrap` has split the model
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's data-parallel replica: which slice of every global batch it reads."""
+        return self.mesh["dp"].get_local_rank() if self.mesh is not None else self.rank
+
+    @property
+    def dp_size(self) -> int:
+        return self.layout.dp if self.mesh is not None else self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -57,9 +74,9 @@ class DistContext:
         return t.tolist()
 
 
-def setup(device: str = "auto", fsdp: bool = False) -> DistContext:
-    """Join the torchrun process group when there is one (else a world of one). Mutates the global
-    torch.distributed state and, on CUDA, the current device."""
+def setup(device: str = "auto", fsdp: bool = False, tp: int = 1) -> DistContext:
+    """Join the torchrun process group when there is one (else a world of one), and build the mesh
+    when tp > 1. Mutates the global torch.distributed state and, on CUDA, the current device."""
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -78,7 +95,9 @@ def setup(device: str = "auto", fsdp: bool = False) -> DistContext:
         owns = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistContext(rank, world, local_rank, dev, fsdp, owns)
+    layout = Layout.for_world(world, tp=tp)
+    mesh = build_mesh(layout, dev) if layout.model_parallel > 1 else None
+    return DistContext(rank, world, local_rank, dev, fsdp, owns, layout, mesh)
 
 
 def teardown(ctx: DistContext) -> None:
@@ -91,7 +110,10 @@ def wrap(model: nn.Module, ctx: DistContext, find_unused: bool = False) -> nn.Mo
 
     FSDP2 shards each block, then the root (embeddings, final norm, head), so one block's full
     parameters exist at a time. find_unused: DDP must expect parameters without gradients (MoE
-    experts no token was routed to)."""
+    experts no token was routed to). With ctx.layout.tp > 1 the model is split first (sets ctx.tp)
+    and FSDP2 spans the mesh's data-parallel dimension only."""
+    if ctx.mesh is not None:
+        return _wrap_split(model, ctx, find_unused)
     if ctx.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -104,6 +126,35 @@ def wrap(model: nn.Module, ctx: DistContext, find_unused: bool = False) -> nn.Mo
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
     return model
+
+
+def _wrap_split(model: nn.Module, ctx: DistContext, find_unused: bool) -> nn.Module:
+    """Split over the TP group; replicas over the dp dimension always use FSDP2 here, because torch's
+    DDP swaps DTensor parameters for local tensors around each step (the optimizer and the state
+    dict would lose them). Without --fsdp the parameters stay gathered after the forward (ZeRO-2:
+    a reduce-scatter plus an all-gather per step, the bytes of DDP's all-reduce)."""
+    from ..parallel.tensor import parallelize_tensor
+
+    ctx.tp = parallelize_tensor(model, ctx.mesh["tp"])
+    if ctx.layout.dp == 1:
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    dp_mesh = ctx.mesh["dp"]
+    for block in model.blocks:
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=ctx.fsdp)
+    return fully_shard(model, mesh=dp_mesh, reshard_after_forward=ctx.fsdp)
+
+
+def clip_grad_norm(model: nn.Module, ctx: DistContext, max_norm: float) -> float:
+    """Clip the global gradient norm to max_norm (inf: measure only); returns the norm before."""
+    if ctx.tp is not None:
+        from ..parallel.tensor import clip_grad_norm as clip_split
+
+        dp_group = ctx.mesh["dp"].get_group() if ctx.layout.dp > 1 else None  # FSDP2-sharded gradients
+        return float(clip_split(unwrap(model), ctx.tp, max_norm, dp_group))
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -137,6 +188,8 @@ def _options(ctx: DistContext, **kwargs) -> StateDictOptions:
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext) -> tuple[dict, dict]:
     """(model state dict, optimizer state dict), full and on the CPU on rank 0 ({} elsewhere when
     distributed). The optimizer's state is keyed by parameter name. A collective: every rank calls it."""
+    if ctx.tp is not None:
+        return _split_full_state(unwrap(model), optimizer, ctx)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(ctx))
     if ctx.is_main:
         model_sd = {k: v.detach().cpu() for k, v in model_sd.items()}
@@ -149,3 +202,55 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd
     or plain model and its optimizer; FSDP shards them. Mutates model and optimizer."""
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def _split_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext) -> tuple[dict, dict]:
+    """`full_state` of a TP-split model: canonical tensors, in get_state_dict's layout."""
+    from ..parallel.tensor import full_tensor
+
+    names = _optimizer_names(model, optimizer)
+    model_sd = {n: full_tensor(ctx.tp, n, t.detach()).cpu() for n, t in model.state_dict().items()}
+    state = {}
+    for p, s in optimizer.state.items():
+        name = names[id(p)]
+        state[name] = {k: (v.cpu() if k == "step" else full_tensor(ctx.tp, name, v).cpu()) for k, v in s.items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    if not ctx.is_main:
+        return {}, {}
+    return model_sd, {"state": state, "param_groups": groups}
+
+
+def _load_split_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
+                      ctx: DistContext) -> None:
+    from ..parallel.tensor import load_full_state_dict, load_full_tensor
+
+    load_full_state_dict(model, ctx.tp, model_sd)
+    params = {name: p for p in _optimizer_params(optimizer) for name in [_optimizer_names(model, optimizer)[id(p)]]}
+    for name, saved in optim_sd["state"].items():
+        p = params[name]
+        state = optimizer.state[p]
+        state["step"] = saved["step"].clone()
+        for k, v in saved.items():
+            if k != "step":
+                state[k] = torch.zeros_like(p)
+                load_full_tensor(ctx.tp, name, state[k], v)
+    for group, saved in zip(optimizer.param_groups, optim_sd["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """id(optimizer parameter) -> parameter name, by the order `build_optimizer` listed them. Not by
+    looking the objects up in the model: FSDP2 without resharding leaves other (unsharded)
+    parameter objects registered on the module after an evaluation forward."""
+    from .optim import decay_groups
+
+    decay, no_decay = decay_groups(model)
+    params = _optimizer_params(optimizer)
+    if len(params) != len(decay) + len(no_decay):
+        raise RuntimeError("the optimizer's parameters do not match the model's decay groups")
+    return {id(p): n for p, n in zip(params, decay + no_decay)}

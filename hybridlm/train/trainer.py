@@ -113,7 +113,7 @@ class Trainer:
                                   or model.config.max_seq_len < cfg.seq_len):
             raise TrainConfigError(f"the given model (vocab {model.config.vocab_size}, context "
                                    f"{model.config.max_seq_len}) cannot read this data at seq_len {cfg.seq_len}")
-        self.world = ctx.world_size
+        self.world = ctx.dp_size  # data-parallel replicas: the ranks of a TP group share their batches
         self.global_batch = cfg.global_batch(self.world)
         self.accum = cfg.accumulation_steps(self.world)
         self.objective = objective_for(self.model_cfg, self.train_data.vocab_size)
@@ -184,10 +184,10 @@ class Trainer:
         start = time.perf_counter()
         lr = lr_at(self.step, cfg)
         set_lr(self.optimizer, lr)
-        torch.manual_seed(step_seed(cfg.seed, self.step, ctx.rank))
+        torch.manual_seed(step_seed(cfg.seed, self.step, ctx.dp_rank))  # a TP group drops out alike
         loss_sum, moe_fields = 0.0, []
         for micro in range(self.accum):
-            batch = self.batches.micro_batch(self.samples_seen, self.global_batch, ctx.rank, self.world, micro,
+            batch = self.batches.micro_batch(self.samples_seen, self.global_batch, ctx.dp_rank, self.world, micro,
                                              cfg.micro_batch_size).to(ctx.device, non_blocking=True)
             stats = new_moe_stats(self.model_cfg)
             with distributed.gradient_sync(self.model, micro == self.accum - 1):
@@ -203,8 +203,7 @@ class Trainer:
             loss_sum += loss.item()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+        norm = distributed.clip_grad_norm(self.model, ctx, cfg.grad_clip or math.inf)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -213,14 +212,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.samples_seen += self.global_batch
-        loss_mean, norm_mean = ctx.mean([loss_sum / self.accum, float(norm)])
+        loss_mean, norm_mean = ctx.mean([loss_sum / self.accum, norm])
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         seconds = time.perf_counter() - start
         tokens = self.global_batch * cfg.seq_len
         entry = {"type": "train", "step": self.step, "loss": loss_mean, "lr": lr, "grad_norm": norm_mean,
                  "tokens": self.samples_seen * cfg.seq_len, "tokens_per_s": tokens / seconds,
-                 "mfu": tokens / seconds * self.flops_per_token / (self.peak_flops * self.world),
+                 "mfu": tokens / seconds * self.flops_per_token / (self.peak_flops * ctx.world_size),
                  "step_s": seconds}
         if moe_fields:  # this rank's micro-batches; the loss above is the all-rank mean
             entry.update(mean_fields(moe_fields))
@@ -232,10 +231,10 @@ class Trainer:
         if self.val_data is None or self.cfg.eval_sequences == 0:
             return None
         if hasattr(self.val_data, "validation_batches"):  # a synthetic task's held-out split
-            batches = self.val_data.validation_batches(self.cfg.eval_sequences, self.ctx.rank, self.world,
+            batches = self.val_data.validation_batches(self.cfg.eval_sequences, self.ctx.dp_rank, self.world,
                                                        self.cfg.micro_batch_size)
         else:
-            batches = validation_batches(self.val_data, self.cfg.seq_len, self.cfg.eval_sequences, self.ctx.rank,
+            batches = validation_batches(self.val_data, self.cfg.seq_len, self.cfg.eval_sequences, self.ctx.dp_rank,
                                          self.world, self.cfg.micro_batch_size)
         self.model.eval()
         total, count = 0.0, 0
@@ -246,7 +245,7 @@ class Trainer:
             total += batch_total
             count += batch_count
         self.model.train()
-        total, count = self.ctx.sum([total, count])
+        total, count = self.ctx.sum([total, count])  # a TP group counts its batches tp times: the ratio holds
         if count == 0:
             return None
         val = total / count
@@ -343,7 +342,7 @@ class Trainer:
         tok_s = len(steady) * self.global_batch * cfg.seq_len / sum(steady) if steady else 0.0
         return TrainResult(self.run_dir, self.step, self.samples_seen * cfg.seq_len,
                            entry["loss"] if entry else float("nan"), val["val_loss"] if val else None, tok_s,
-                           tok_s * self.flops_per_token / (self.peak_flops * self.world), self.params, elapsed,
+                           tok_s * self.flops_per_token / (self.peak_flops * ctx.world_size), self.params, elapsed,
                            self.step >= cfg.max_steps, exported)
 
 
@@ -352,7 +351,7 @@ def train(cfg: TrainConfig, model: Decoder | None = None) -> TrainResult:
     calls this; only rank 0 writes. Writes RUN_DIR/{log.jsonl, loss.png, train_config.json,
     checkpoints/, model/}. model: start from this model's weights and config instead of a fresh
     `cfg.preset` (pruning's recovery fine-tuning); one process trains it in place."""
-    ctx = distributed.setup(cfg.device, cfg.fsdp)
+    ctx = distributed.setup(cfg.device, cfg.fsdp, cfg.tp)
     try:
         return Trainer(cfg, ctx, model).run()
     finally:

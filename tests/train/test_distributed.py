@@ -14,8 +14,8 @@ STEPS, GLOBAL_BATCH = 4, 8
 SMALL = ["--set", "d_model=64", "--set", "n_layers=2", "--set", "n_heads=2", "--set", "d_ff=128"]
 
 
-def torchrun(data, out, *extra):
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+def torchrun(data, out, *extra, nproc=2):
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
             "-m", "hybridlm", "train", "--preset", "gpt2-tiny", "--data", str(data), "--out", str(out), *SMALL,
             "--max-steps", str(STEPS), "--seq-len", "32", "--micro-batch-size", "2", "--global-batch-size",
             str(GLOBAL_BATCH), "--warmup-steps", "2", "--lr", "3e-3", "--eval-every", "2", "--eval-sequences", "8",
@@ -68,4 +68,21 @@ def test_fsdp_equals_one_process_and_resumes(tiny_data, tmp_path, single):
     torchrun(tiny_data, out, "--fsdp", "--activation-checkpointing", "--stop-at-step", "2")
     assert max(e["step"] for e in read_log(out)) == 2
     torchrun(tiny_data, out, "--fsdp", "--activation-checkpointing", "--resume")  # from the consolidated step 2
+    assert_same_run(out, single)
+
+
+def test_tensor_parallel_equals_one_process_and_resumes_under_ddp(tiny_data, tmp_path, single):
+    out = tmp_path / "tp"
+    torchrun(tiny_data, out, "--tp", "2", "--stop-at-step", "2")  # one model split over both ranks
+    assert max(e["step"] for e in read_log(out)) == 2
+    torchrun(tiny_data, out, "--resume")  # the consolidated checkpoint resumes as two DDP replicas
+    assert_same_run(out, single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_parallel", ["ddp", "fsdp"])
+def test_2d_data_x_tensor_parallel_equals_one_process(tiny_data, tmp_path, single, data_parallel):
+    """4 ranks as 2 data-parallel replicas x 2 tensor-parallel ranks (DDP or FSDP2 over the dp dimension)."""
+    out = tmp_path / data_parallel
+    torchrun(tiny_data, out, "--tp", "2", *(["--fsdp"] if data_parallel == "fsdp" else []), nproc=4)
     assert_same_run(out, single)

@@ -1,0 +1,272 @@
+"""The curation stages on Ray: the same decisions as the local engine, computed over partitions of
+the corpus by Ray tasks, the way NeMo Curator scales its pipeline.
+
+    driver: read sources -> partitions of raw records (in input order, `partition_docs` each)
+    map      (one task a partition): extract, quality filters, exact key, MinHash signature and
+             decontamination verdict of every document         -> per-partition results in Ray's store
+    shuffle 1 (exact dedup): the map tasks bucket (key, index) by hash(key) into R outputs; reducer r
+             sees every document with a key of bucket r, whatever its partition, and names the
+             duplicates (all but the earliest index)
+    map 2    (band keys): each partition cuts its exact-dedup survivors' signatures into LSH bands
+    shuffle 2 (near dedup): (band, band key) buckets go to reducer hash(band, key) % R, which lists the
+             bucket's candidate pairs with the local engine's rule (minhash.bucket_pairs). So a pair
+             of near duplicates in different partitions still meets: dedup is global, not per partition
+    driver:  the candidate pairs are verified and clustered exactly as locally (minhash.cluster_pairs)
+    tokenize: the mixed documents are encoded by tasks over chunks
+
+Split, mix and shard writing are the local engine's own code on the driver, so the output (kept
+documents, shard bytes, manifest hash) is identical to `--engine local`. A worker that dies is
+retried by Ray (tasks are pure functions of their inputs: max_retries), so a killed worker loses
+and duplicates nothing.
+
+Not bounded in memory: the driver still gathers the kept documents' text for split, mix and
+writing, as the local engine holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import numpy as np
+
+from .decontam import EvalNgrams
+from .dedup import exact_key
+from .documents import DataError, Document, StageReport, log, progress
+from .extract import extract
+from .filters import quality_filter
+from .minhash import MinHasher, bucket_pairs, cluster_pairs, lsh_bands
+from .tokenization import encode_documents
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # a running cluster's address (ray://host:port or host:port); None starts a local Ray on 127.0.0.1
+    workers: int | None = None  # CPUs of the local Ray started without an address (None: all)
+    partition_docs: int = 2000  # raw records per map task
+    reducers: int = 4  # shuffle partitions of each dedup stage
+    max_retries: int = 3  # times Ray re-runs a task whose worker died
+    kill_once: str | None = None  # fault injection for tests: a marker path; the first map task of partition 1 that finds it missing creates it and kills its own worker
+
+    def __post_init__(self):
+        if self.partition_docs < 1 or self.reducers < 1:
+            raise DataError("--partition-docs and --reducers must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise DataError(f"--ray-workers must be at least 1, got {self.workers}")
+
+
+def _bucket(key: bytes, reducers: int) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % reducers
+
+
+def _map_partition(index: int, records: list, config, reducers: int, decontam, kill_once):
+    """Extract, filter, exact key, signature and contamination of one partition -> (results, then
+    `reducers` exact-key buckets of (key, (partition, position in the partition's output)))."""
+    if kill_once is not None and index == 1 and not os.path.exists(kill_once):
+        Path(kill_once).touch()
+        os._exit(1)  # the worker process dies mid-task; Ray must run this partition again
+    docs, extract_report = extract(records)
+    if config.filters is not None:
+        docs, filter_report = quality_filter(docs, config.filters)
+    else:
+        filter_report = None
+    keys = [exact_key(d.text) for d in docs] if config.exact_dedup else []
+    hasher = MinHasher(config.near_dedup) if config.near_dedup is not None else None
+    signatures = np.stack([hasher.signature(d.text) for d in docs]) if hasher and docs else None
+    dirty = [decontam[0].shared(d.text) >= decontam[1] for d in docs] if decontam else [False] * len(docs)
+    buckets = [[] for _ in range(reducers)]
+    for i, key in enumerate(keys):
+        buckets[_bucket(key, reducers)].append((key, (index, i)))  # tuples order as the corpus does
+    result = SimpleNamespace(docs=docs, extract=extract_report, filters=filter_report, signatures=signatures,
+                             contaminated=dirty)
+    return (result, *buckets)
+
+
+def _exact_reduce(*buckets) -> list[tuple[int, int]]:
+    """(partition, position) of the documents that repeat an earlier document's exact key."""
+    first: dict[bytes, tuple[int, int]] = {}
+    for bucket in buckets:
+        for key, i in bucket:
+            first[key] = min(first.get(key, i), i)
+    return [i for bucket in buckets for key, i in bucket if first[key] != i]
+
+
+def _band_keys(result, positions: list[int], locals_: list[int], bands: int, rows: int, reducers: int):
+    """The band buckets of a partition's surviving documents: `reducers` lists of (band, key, position)."""
+    out = [[] for _ in range(reducers)]
+    for position, i in zip(positions, locals_):
+        sig = result.signatures[i]
+        for band in range(bands):
+            key = band.to_bytes(4, "little") + sig[band * rows:(band + 1) * rows].tobytes()
+            out[_bucket(key, reducers)].append((key, position))
+    return tuple(out) if reducers > 1 else out[0]
+
+
+def _band_reduce(*buckets) -> list[tuple[int, int]]:
+    members: dict[bytes, list[int]] = {}
+    for bucket in buckets:
+        for key, position in bucket:
+            members.setdefault(key, []).append(position)
+    return [pair for group in members.values() if len(group) > 1 for pair in bucket_pairs(group)]
+
+
+def _encode(texts: list[str], tokenizer_json: str) -> list[np.ndarray]:
+    from tokenizers import Tokenizer as Backend
+
+    return encode_documents(texts, SimpleNamespace(backend=Backend.from_str(tokenizer_json)))
+
+
+def _merge(reports: list[StageReport], stage: str) -> StageReport:
+    out = StageReport(stage)
+    encodings, replaced = Counter(), 0
+    for r in reports:
+        out.docs_in += r.docs_in
+        out.kept += r.kept
+        out.removed.update(r.removed)
+        for source, counts in r.by_source.items():
+            out._source(source).update(counts)
+        encodings.update(r.info.get("encodings", {}))
+        replaced += r.info.get("replacement_chars", 0)
+    if stage == "extract":
+        out.info = {"encodings": dict(encodings), "replacement_chars": replaced}
+    return out
+
+
+def _partitions(records: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for raw in records:
+        batch.append(raw)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class RayEngine:
+    """A connection to Ray (started here, or joined) for one `prepare`; use as a context manager."""
+
+    def __init__(self, options: RayOptions, show: bool):
+        self.options, self.show = options, show
+
+    def __enter__(self) -> "RayEngine":
+        try:
+            import ray
+        except ImportError:
+            raise DataError("--engine ray needs Ray: pip install 'hybridlm[ray]'") from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            if self.options.address is not None:
+                ray.init(address=self.options.address, log_to_driver=False)
+            else:  # a private local cluster, reachable only from this machine
+                ray.init(num_cpus=self.options.workers, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
+        remote = lambda f, **kw: ray.remote(max_retries=self.options.max_retries, **kw)(f)  # noqa: E731
+        self.map_partition = remote(_map_partition, num_returns=1 + self.options.reducers)
+        self.exact_reduce = remote(_exact_reduce)
+        self.band_keys = remote(_band_keys, num_returns=self.options.reducers)
+        self.band_reduce = remote(_band_reduce)
+        self.encode = remote(_encode)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+    # -- curation -------------------------------------------------------------------------------
+    def curate(self, config, records: Iterator) -> tuple[list[Document], list[StageReport]]:
+        """The local `curate` (extract -> filters -> exact -> near -> decontaminate) on Ray."""
+        ray, opts = self.ray, self.options
+        index = EvalNgrams.from_files(config.decontam.files, config.decontam.n) if config.decontam.files else None
+        decontam = ray.put((index, config.decontam.min_shared)) if index is not None and index.hashes.size else None
+        maps = [self.map_partition.remote(i, batch, config, opts.reducers, decontam, opts.kill_once)
+                for i, batch in enumerate(progress(_partitions(records, opts.partition_docs), "ray map", self.show,
+                                                   unit="part"))]
+        results = ray.get([m[0] for m in maps])
+        # global positions in the extract+filter output, partition by partition
+        offsets = np.cumsum([0] + [len(r.docs) for r in results]).tolist()
+        docs = [d for r in results for d in r.docs]
+        reports = [_merge([r.extract for r in results], "extract")]
+        log(reports[-1].summary(), self.show)
+        if config.filters is not None:
+            reports.append(_merge([r.filters for r in results], "filters"))
+            log(reports[-1].summary(), self.show)
+        alive = np.ones(len(docs), dtype=bool)
+        if config.exact_dedup:
+            dup = self._exact(maps, offsets)
+            alive[dup] = False
+            reports.append(self._report("exact_dedup", docs, alive, np.ones(len(docs), bool), "exact_duplicate"))
+            log(reports[-1].summary(), self.show)
+        if config.near_dedup is not None:
+            before = alive.copy()
+            alive &= self._near(config, docs, maps, results, offsets, before, reports)
+            log(reports[-1].summary(), self.show)
+        if index is not None:
+            before = alive.copy()
+            alive &= ~np.array([c for r in results for c in r.contaminated], dtype=bool)
+            report = self._report("decontaminate", docs, alive, before, "contaminated")
+            report.info = {"n": index.n, "eval_documents": index.documents,
+                           "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
+            reports.append(report)
+            log(report.summary(), self.show)
+        return [d for d, a in zip(docs, alive) if a], reports
+
+    def _exact(self, maps, offsets) -> list[int]:
+        """Positions (in the extract+filter output) of exact duplicates, through shuffle 1."""
+        ray, r = self.ray, self.options.reducers
+        reduced = ray.get([self.exact_reduce.remote(*[m[1 + b] for m in maps]) for b in range(r)])
+        return sorted(offsets[k] + i for part in reduced for k, i in part)
+
+    def _near(self, config, docs, maps, results, offsets, before: np.ndarray, reports: list) -> np.ndarray:
+        """Near-duplicate verdicts (True = keep) over the exact-dedup survivors, through shuffle 2."""
+        ray, r = self.ray, self.options.reducers
+        bands, rows = lsh_bands(config.near_dedup.threshold, config.near_dedup.num_perm)
+        survivors = np.flatnonzero(before)  # global index of each position in the near-dedup input
+        position_of = {int(g): p for p, g in enumerate(survivors)}
+        shuffled = []
+        for k, res in enumerate(results):
+            locals_ = [i for i in range(len(res.docs)) if before[offsets[k] + i]]
+            positions = [position_of[offsets[k] + i] for i in locals_]
+            refs = self.band_keys.remote(maps[k][0], positions, locals_, bands, rows, r)  # the result stays in Ray's store
+            shuffled.append(refs if r > 1 else [refs])
+        pairs = {tuple(p) for part in ray.get([self.band_reduce.remote(*[s[b] for s in shuffled]) for b in range(r)])
+                 for p in part}
+        sigs = np.concatenate([res.signatures for res in results if res.signatures is not None]) \
+            if survivors.size else np.zeros((0, config.near_dedup.num_perm), np.uint32)
+        signatures = sigs[survivors]
+        groups = cluster_pairs(signatures, pairs, config.near_dedup.threshold)
+        keep_pos = groups == np.arange(len(survivors))
+        keep = np.ones(len(before), dtype=bool)
+        keep[survivors[~keep_pos]] = False
+        report = self._report("near_dedup", docs, keep & before, before, "near_duplicate")
+        duplicated = set(groups[~keep_pos].tolist())
+        report.info = {"threshold": config.near_dedup.threshold, "num_perm": config.near_dedup.num_perm,
+                       "shingle": config.near_dedup.shingle, "bands": bands, "rows": rows,
+                       "clusters_with_duplicates": len(duplicated)}
+        reports.append(report)
+        return keep
+
+    @staticmethod
+    def _report(stage: str, docs: list[Document], alive: np.ndarray, before: np.ndarray, reason: str) -> StageReport:
+        report = StageReport(stage)
+        for doc, was, kept in zip(docs, before, alive):
+            if not was:
+                continue
+            if kept:
+                report.keep(doc)
+            else:
+                report.remove(doc.source, reason)
+        return report
+
+    # -- tokenization ---------------------------------------------------------------------------
+    def encode_documents(self, texts: list[str], tokenizer, chunk: int = 512) -> list[np.ndarray]:
+        ray = self.ray
+        tok = ray.put(tokenizer.backend.to_str())
+        refs = [self.encode.remote(texts[i:i + chunk], tok) for i in range(0, len(texts), chunk)]
+        return [ids for part in ray.get(refs) for ids in part]
