@@ -52,7 +52,7 @@ def evaluate(model, model_args, folder, task, limit=None):
 
     import hybridlm.eval.harness  # noqa: F401  registers "hybridlm"
 
-    out = simple_evaluate(model=model, model_args=model_args, tasks=[task], task_manager=TaskManager(include_path=str(folder)),
+    out = simple_evaluate(model=model, model_args=model_args, tasks=[task], task_manager=TaskManager(include_path=str(folder), include_defaults=False),
                           batch_size=4, device="cpu", log_samples=True, limit=limit, bootstrap_iters=0)
     return out["results"][task], out["samples"][task]
 
@@ -96,6 +96,7 @@ def test_our_mc_scorer_equals_the_adapter(mc_runs, tiny_hf_dir):
         assert b == pytest.approx(a, abs=1e-5)
 
 
+@pytest.mark.slow  # four more harness runs, ~25 s
 def test_rolling_and_generation_equal_hf_backend(tiny_hf_dir, tmp_path, offline):
     import json
 
