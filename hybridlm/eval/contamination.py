@@ -48,14 +48,15 @@ def contamination(train: str | Path, task: str | Path, n: int = 13, min_shared: 
     index = EvalNgrams.from_files([str(train)], n)
     report = ContaminationReport(n=n, items=0, train_ngrams=int(index.hashes.size))
     for raw in read_paths([task], "task", ReadOptions(text_field=None)):
-        if raw.text is None:
+        if raw.payload is None:
             raise ValueError(f"{raw.origin}: unreadable task item ({raw.problem})")
+        text = raw.payload.decode("utf-8", "replace") if isinstance(raw.payload, bytes) else raw.payload
         report.items += 1
-        shared = index.shared(raw.text) if index.hashes.size else 0
-        if len(normalized_words(raw.text)) < n:
+        shared = index.shared(text) if index.hashes.size else 0
+        if len(normalized_words(text)) < n:
             report.too_short += 1
         if shared >= min_shared:
             line = raw.origin.rsplit(":", 1)[-1]
             report.contaminated.append({"line": int(line) if line.isdigit() else raw.origin,
-                                        "shared_ngrams": shared, "text": raw.text[:200]})
+                                        "shared_ngrams": shared, "text": text[:200]})
     return report

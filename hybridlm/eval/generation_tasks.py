@@ -30,12 +30,11 @@ def extract_answer(text: str, how: str = "number") -> str | None:
         return text.strip()
     if how != "number":
         raise ValueError(f"answer extraction must be one of {EXTRACTORS}, not {how!r}")
-    if "####" in text:  # GSM8K's reference answers end "#### 72"
-        text = text.rsplit("####", 1)[1]
-    found = _NUMBER.findall(text)
+    marked = "####" in text  # GSM8K's reference answers end "#### 72": the number right after the mark
+    found = _NUMBER.findall(text.rsplit("####", 1)[1] if marked else text)
     if not found:
         return None
-    value = found[-1].replace(",", "")
+    value = (found[0] if marked else found[-1]).replace(",", "")
     if "." in value:
         value = value.rstrip("0").rstrip(".")
     return value
