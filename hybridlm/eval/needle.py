@@ -76,16 +76,26 @@ def make_probe(encode: Callable[[str], list[int]], sentences: Sequence[str], len
     if budget < 0:
         raise ValueError(f"a {kind} probe needs more than {length} tokens")
     start = rng.randrange(len(sentences))
-    hay, used = [], 0
+    hay, sizes, used = [], [], 0
     for i in range(len(sentences)):
         s = sentences[(start + i) % len(sentences)]
         n = len(encode(s))
-        if used + n > budget:
-            break
+        if used + n > budget:  # too long for what is left: a later, shorter sentence may fit
+            if budget - used < 8:
+                break
+            continue
         hay.append(s)
+        sizes.append(n)
         used += n
-    # needle k goes at depth + k * (1 - depth) / len(needles) of the haystack's sentences
-    slots = [round(len(hay) * (depth + k * (1.0 - depth) / len(needles))) for k in range(len(needles))]
+    # needle k goes at the sentence boundary nearest to depth + k * (1 - depth) / len(needles) of
+    # the haystack's tokens
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    slots = []
+    for k in range(len(needles)):
+        target = used * (depth + k * (1.0 - depth) / len(needles))
+        slots.append(min(range(len(bounds)), key=lambda j: abs(bounds[j] - target)))
     parts = list(hay)
     for k in reversed(range(len(needles))):
         parts.insert(slots[k], needles[k])
