@@ -133,6 +133,8 @@ def run_harness(argv: list[str]) -> int:
     argv = list(argv)
     if "--model" not in argv:
         argv = ["--model", "hybridlm", *argv]
+    if "--device" not in argv:  # lm-eval's default is cuda, which a CPU machine does not have
+        argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
     cli = HarnessCLI()
     args = cli._parser.parse_args(["run", *argv])
     cli.execute(args)
