@@ -140,3 +140,12 @@ def test_harness_form_runs_lm_eval_with_the_hybridlm_model(cli, tiny_hf_dir, tmp
                        "--model_args", f"pretrained={tiny_hf_dir}", "--output_path", tmp_path / "out")
     assert code == 0 and "cli_mc" in out and "acc" in out
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_compare_needle_runs_the_probe_on_both_models(cli, tiny_hf_dir, tmp_path):
+    code, out, err = cli("compare", tiny_hf_dir, tiny_hf_dir, "--needle", "--contexts", "128", "--out", tmp_path,
+                         "--no-progress")
+    assert code == 0 and (tmp_path / "needle.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((tmp_path / "needle.json").read_text())) == 2 and "needle_accuracy" in out
+    one_line_error(*cli("compare", "compare-transformer", "compare-hybrid", "--needle", "--out", tmp_path / "x"),
+                   "is a preset", "cannot retrieve a needle")
