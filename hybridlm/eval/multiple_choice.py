@@ -104,11 +104,11 @@ def mc_metrics(items: Sequence[MCItem], scores: Sequence[Sequence[Score]]) -> MC
 def evaluate_mc(model, tokenizer, items: Sequence[MCItem], fmt: PromptFormat = PromptFormat(),
                 examples: Sequence[MCItem] = (), impl: str = "cache",
                 progress: Callable[[Iterable], Iterable] | None = None) -> MCResult:
-    """Score every item's choices with `model` (ours: impl "cache" or "ref"). The tokenizer's BOS
-    is not added, as lm-eval's HF backend does not add it by default."""
-    encode = lambda text: tokenizer.encode(text, add_bos=False)  # noqa: E731
-    eos = tokenizer.eos_token_ids[:1] if getattr(tokenizer, "eos_token_ids", None) else []
-    per_item = build_requests(items, encode, fmt, examples, eos)
+    """Score every item's choices with `model` (ours: impl "cache" or "ref"). Texts are encoded with
+    the tokenizer's own BOS rule, as lm-eval's HF backend (and our adapter, eval/harness.py) does."""
+    encode = lambda text: tokenizer.encode(text)  # noqa: E731
+    bos, eos = tokenizer.bos_token_id, list(getattr(tokenizer, "eos_token_ids", ()))[:1]
+    per_item = build_requests(items, encode, fmt, examples, [bos] if bos is not None else eos)  # lm-eval's prefix token
     flat = [r for reqs in per_item for r in reqs]
     scores = score(model, flat, impl=impl, progress=progress)
     grouped, i = [], 0
