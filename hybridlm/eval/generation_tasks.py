@@ -126,7 +126,8 @@ def score_code(items: Sequence[CodeItem], completions: Sequence[Sequence[str]], 
     pass_at = {k: float(np.mean([pass_at_k(n, c, k) for c in passed])) for k in ks}
     report = sandbox_report()
     return CodeResult(pass_at, len(items), n, passed, statuses,
-                      {"namespaces": report.namespaces, "audit_guard": report.audit_guard, "rlimits": report.rlimits})
+                      {"namespaces": report.namespaces, "nproc_binds": report.nproc_binds,
+                       "audit_guard": report.audit_guard, "rlimits": report.rlimits})
 
 
 def evaluate_code(model, tokenizer, items: Sequence[CodeItem], sampling: SamplingConfig, samples: int = 1,

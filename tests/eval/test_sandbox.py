@@ -42,8 +42,7 @@ def test_infinite_loop_is_killed_at_the_timeout():
 
 @pytest.mark.parametrize("guard", [True, False])
 def test_fork_bomb_is_contained(guard):
-    if not guard and not sandbox_report().namespaces:
-        pytest.skip("no user namespace here: RLIMIT_NPROC does not bind root without it")
+    # without the guard: RLIMIT_NPROC where it binds (non-root), else the timeout's group kill
     r = run_program("import os\nwhile True:\n    os.fork()", SandboxLimits(timeout_s=2.0, cpu_s=5), guard=guard)
     assert not r.passed
     time.sleep(0.5)
@@ -71,6 +70,13 @@ def test_a_socket_cannot_reach_anything(guard):
     if not guard:  # the namespace has no usable interface at all, not merely a refused port
         r = run_program("import socket\ns = socket.socket()\ns.connect(('1.1.1.1', 80))", FAST, guard=False)
         assert "unreachable" in r.stderr_tail
+
+
+def test_process_limit_binds_where_the_report_says_so():
+    code = ("import os, sys, time\nn = 0\ntry:\n    for _ in range(12):\n        if os.fork() == 0:\n"
+            "            time.sleep(2)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    sys.exit(3)\n")
+    r = run_program(code, SandboxLimits(timeout_s=8, processes=4), guard=False)
+    assert r.status == ("failed" if sandbox_report().nproc_binds else "passed")
 
 
 def test_memory_and_file_size_limits():
