@@ -73,6 +73,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="drop malformed task lines (reported) instead of stopping")
     p.add_argument("--limit", type=int, help="score only the first N items")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default 0 = torch's choice; 1 gives steady speed on a busy machine)")
     g = p.add_argument_group("perplexity")
     g.add_argument("--window", type=int, default=1024, help="tokens per window (default 1024)")
     g.add_argument("--stride", type=int, help="tokens between window starts (default window/2)")
@@ -128,8 +130,14 @@ def cmd_eval(args) -> int:
 
 
 def _evaluate(a) -> int:
+    import torch
+
     from ..eval.runner import EvalConfig, markdown_table, run_eval, write_json
 
+    if a.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {a.threads}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = EvalConfig(task=a.task, file=a.file, seed=a.seed, dtype=a.dtype, skip_bad=a.skip_bad, limit=a.limit,
                      window=a.window, stride=a.stride, max_tokens=a.max_tokens, split=a.split, shots=a.shots,
                      examples=a.examples, impl=a.impl, max_new_tokens=a.max_new_tokens, stop=tuple(a.stop),

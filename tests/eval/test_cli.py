@@ -149,3 +149,37 @@ def test_compare_needle_runs_the_probe_on_both_models(cli, tiny_hf_dir, tmp_path
     assert len(json.loads((tmp_path / "needle.json").read_text())) == 2 and "needle_accuracy" in out
     one_line_error(*cli("compare", "compare-transformer", "compare-hybrid", "--needle", "--out", tmp_path / "x"),
                    "is a preset", "cannot retrieve a needle")
+
+
+def test_perplexity_on_a_prepared_shard_directory(cli, tiny_hf_dir, tmp_path):
+    import numpy as np
+
+    from hybridlm.data.shards import token_dtype, write_manifest, write_split
+    from hybridlm.eval.perplexity import perplexity
+
+    lm = load_model(tiny_hf_dir)
+    ids = lm.tokenizer.encode(" ".join(corpus_lines(20, seed=7)))
+    vocab = lm.tokenizer.vocab_size
+    entry = write_split(tmp_path, "val", [np.array(ids, dtype=token_dtype(vocab))], vocab)
+    write_manifest(tmp_path, {"dtype": str(token_dtype(vocab)), "vocab_size": vocab, "splits": {"val": entry}})
+    code, out, _ = cli("eval", tiny_hf_dir, "--task", "perplexity", "--file", tmp_path, "--window", 48, "--json",
+                       "--no-progress")
+    expected = perplexity(lm.model, ids, 48)
+    r = json.loads(out)
+    assert code == 0 and r["tokens"] == expected.tokens and r["perplexity"] == pytest.approx(expected.perplexity, rel=1e-6)
+    one_line_error(*cli("eval", tiny_hf_dir, "--task", "perplexity", "--file", tmp_path, "--split", "train",
+                        "--no-progress"), "no split 'train'")
+
+
+def test_chat_option_wraps_the_prompt_in_the_template(tiny_hf_dir):
+    from hybridlm.eval.generation_tasks import prompt_text
+    from hybridlm.tokenizer import Tokenizer
+
+    plain = Tokenizer.from_file(tiny_hf_dir)
+    chat = Tokenizer(plain.backend, eos_token="<|endoftext|>",
+                     chat_template="{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                                   "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert prompt_text(chat, "2+2?", chat=True) == "<user>2+2?<assistant>"
+    assert prompt_text(plain, "2+2?", chat=False) == "2+2?"
+    with pytest.raises(ValueError, match="no chat template"):
+        prompt_text(plain, "2+2?", chat=True)
