@@ -15,18 +15,31 @@ from hybridlm.models import build_model
 from hybridlm.presets import get_preset
 
 
-@pytest.fixture(scope="module", params=["llama-tiny", "mistral-tiny", "mixtral-tiny", "nemotron-h-tiny"])
-def model(request):
+def make_model(preset: str):
     torch.manual_seed(0)
-    cfg = get_preset(request.param)
-    m = build_model(cfg).float().eval()
+    m = build_model(get_preset(preset)).float().eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return m
 
 
-def random_requests(vocab, n_items=3, n_choices=4, seed=0):
+@pytest.fixture(scope="module", params=["llama-tiny", "mistral-tiny", "mixtral-tiny", "nemotron-h-tiny"])
+def model(request):
+    return make_model(request.param)
+
+
+@pytest.fixture(scope="module", params=["llama-tiny", "nemotron-h-tiny"])
+def dense_or_hybrid(request):
+    return make_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return make_model("llama-tiny")
+
+
+def random_requests(vocab, n_items=2, n_choices=4, seed=0):
     rng = random.Random(seed)
     reqs = []
     for _ in range(n_items):
@@ -47,7 +60,8 @@ def test_shared_context_equals_one_forward_per_request(model):
     assert len({round(s.logprob, 3) for s in ref}) > len(ref) // 2  # scores actually differ
 
 
-def test_the_context_runs_once_per_group(model):
+def test_the_context_runs_once_per_group(dense_or_hybrid):
+    model = dense_or_hybrid
     calls = []
     handle = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape))
     try:
@@ -58,7 +72,8 @@ def test_the_context_runs_once_per_group(model):
     assert len(calls) <= 2 * 3  # one context prefill + one batched continuation forward per item (not 4 per item)
 
 
-def test_greedy_flag_is_true_for_the_argmax_continuation(model):
+def test_greedy_flag_is_true_for_the_argmax_continuation(llama):
+    model = llama
     ctx = [5, 9, 11, 3]
     with torch.no_grad():
         ids = list(ctx)
@@ -70,8 +85,8 @@ def test_greedy_flag_is_true_for_the_argmax_continuation(model):
     assert fast[0].greedy and not fast[1].greedy and fast[0].logprob > fast[1].logprob
 
 
-def test_too_long_is_an_error_unless_truncated():
-    model = build_model(get_preset("llama-tiny")).eval()
+def test_too_long_is_an_error_unless_truncated(llama):
+    model = llama
     limit = model.config.max_seq_len
     with pytest.raises(ValueError, match="longer than the model's context"):
         score(model, [(list(range(limit)), [1, 2])])
