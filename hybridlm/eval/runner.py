@@ -162,7 +162,7 @@ def evaluate_one(lm, cfg: EvalConfig, show_progress: bool = True) -> dict:
         grid = run_grid(lm.model, lm.tokenizer, cfg.lengths, cfg.depths, cfg.needle_kind, cfg.trials, seed=cfg.seed,
                         progress=_bar("needle", show_progress, "probe"))
         metrics, digest = grid.metrics(), None
-        extra = {"_grid": grid}
+        extra = {"_grid": grid, "probes": grid.outputs}  # every probe's answer and output, for checking
     return {"model": lm.name, "source": str(lm.source), "config_hash": config_hash(lm.model), "task": cfg.task,
             "task_file": cfg.file, "task_sha256": digest, "seed": cfg.seed, "hybridlm_version": __version__,
             "seconds": time.perf_counter() - start, **metrics, "options": _options(cfg), **extra}
