@@ -64,3 +64,20 @@ def test_contamination_finds_the_items_copied_into_the_corpus(tmp_path):
     assert report.items == 3 and [c["line"] for c in report.contaminated] == [2]
     assert report.contaminated[0]["shared_ngrams"] >= 1 and report.too_short == 1
     assert contamination(corpus, task, n=8, min_shared=100).contaminated == []
+
+
+def test_shipped_samples_parse_and_their_code_tasks_are_solvable():
+    from pathlib import Path
+
+    import hybridlm.eval
+    from hybridlm.eval.generation_tasks import score_code
+    from hybridlm.eval.sandbox import SandboxLimits
+
+    samples = Path(hybridlm.eval.__file__).parent / "samples"
+    assert len(read_task(samples / "mc.jsonl", "multiple-choice").items) >= 10
+    assert len(read_task(samples / "mc_examples.jsonl", "multiple-choice").items) >= 3
+    assert all(extract_answer(it.answer) for it in read_task(samples / "gsm.jsonl", "generation").items)
+    code = read_task(samples / "humaneval.jsonl", "code").items
+    solutions = ["    return a + b\n", "    return n % 2 == 0\n", "    return s[::-1]\n", "    return max(xs)\n"]
+    res = score_code(code, [[s, "    return None\n"] for s in solutions], ks=(1, 2), limits=SandboxLimits(timeout_s=5))
+    assert res.passed == [1, 1, 1, 1] and res.pass_at[1] == 0.5 and res.pass_at[2] == 1.0
