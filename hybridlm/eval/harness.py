@@ -114,6 +114,8 @@ class HybridLM(TemplateLM):
             temperature = float(kwargs.pop("temperature", 0.0))
             if not kwargs.pop("do_sample", temperature > 0):
                 temperature = 0.0
+            if max_new >= self.max_length:
+                raise ValueError(f"max_gen_toks ({max_new}) leaves no room for a prompt in max_length ({self.max_length})")
             ids = self.tok_encode(context)[-(self.max_length - max_new):]  # the HF backend's left truncation
             sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature,
                                       stop=tuple(u for u in until if u), seed=kwargs.pop("seed", None))
