@@ -56,6 +56,9 @@ def _parallel(args, cfg, source) -> int:
 def cmd_compare(args) -> int:
     from ..analysis.compare import CompareConfig, markdown_table, parse_contexts, run_compare, write_report
 
+    if args.needle:
+        return _compare_needle(args)
+
     cc = CompareConfig(models=(args.model_a, args.model_b), contexts=parse_contexts(args.contexts),
                        decode_tokens=args.decode_tokens, prefill_chunk=args.prefill_chunk, batch=args.batch,
                        linear=args.linear, threads=args.threads or None, seed=args.seed)
@@ -63,6 +66,31 @@ def cmd_compare(args) -> int:
     paths = write_report(result, args.out)
     print(markdown_table(result))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def _compare_needle(args) -> int:
+    """Needle-in-a-haystack accuracy of both models (eval/needle.py), side by side: where
+    Transformers and hybrids differ in what they can retrieve, not only in speed."""
+    from pathlib import Path
+
+    from ..analysis.compare import parse_contexts
+    from ..checkpoints.registry import REGISTRY, resolve
+    from ..eval.runner import EvalConfig, markdown_table, run_eval, write_json
+    from ..presets import PRESETS
+
+    for name in (args.model_a, args.model_b):
+        if name in PRESETS and name not in REGISTRY:
+            raise ValueError(f"{name!r} is a preset: random weights and no tokenizer cannot retrieve a needle; "
+                             f"train it (hybridlm train), then compare the checkpoints")
+        resolve(name)  # a clear error before anything runs
+    out = Path(args.out)
+    cfg = EvalConfig(task="needle", lengths=parse_contexts(args.contexts), needle_kind=args.needle_kind,
+                     trials=args.needle_trials, seed=args.seed, heatmap=str(out / "needle.png"))
+    results = run_eval([args.model_a, args.model_b], cfg, show_progress=not args.no_progress)
+    write_json(results, out / "needle.json")
+    print(markdown_table(results))
+    print(f"wrote {out / 'needle.png'}, {out / 'needle.json'}", file=sys.stderr)
     return 0
 
 
@@ -123,4 +151,10 @@ def register(sub) -> None:
                    help="packed = oneDNN-reordered weights (fast on CPU), ref = nn.Linear (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random weights and token ids (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--needle", action="store_true",
+                   help="instead of speed: needle-in-a-haystack accuracy of both models at --contexts, a heatmap "
+                        "(needle.png) and needle.json in --out (trained checkpoints: registry names, GGUF, HF dirs)")
+    p.add_argument("--needle-kind", default="single", choices=["single", "multikey", "variable"],
+                   help="with --needle: the probe (default single)")
+    p.add_argument("--needle-trials", type=int, default=1, help="with --needle: probes per cell (default 1)")
     p.set_defaults(func=cmd_compare)

@@ -120,3 +120,19 @@ def test_smollm2_on_the_heldout_slice_equals_transformers(smollm2_gguf):
     expected = transformers_perplexity(hf, torch.tensor([ids]), window=256, stride=128)
     got = perplexity(lm.model, ids, window=256, stride=128)
     assert got.perplexity == pytest.approx(expected, rel=1e-4)
+
+
+def test_trainer_validation_is_the_sliding_window_scorer_with_stride_seq_len(pair):
+    """The trainer's causal validation (windows of seq_len + 1 tokens, train/data.validation_batches,
+    scored by train/objectives.CausalLM.eval_sums) is this scorer with window = seq_len + 1 and
+    stride = seq_len: the same tokens scored, the same NLL. (The trainer keeps its own loop because it
+    also validates MLM and seq2seq objectives across ranks; this test keeps the two definitions one.)"""
+    from hybridlm.train.objectives import CausalLM
+
+    _, ours = pair
+    seq_len, n = 32, 5
+    ids = torch.randint(0, VOCAB, (n * seq_len + 1,), generator=torch.Generator().manual_seed(4))
+    batch = torch.stack([ids[j * seq_len:j * seq_len + seq_len + 1] for j in range(n)])
+    total, count = CausalLM().eval_sums(ours, batch)
+    got = perplexity(ours, ids, window=seq_len + 1, stride=seq_len)
+    assert got.tokens == count and got.nll == pytest.approx(total, rel=1e-5)
