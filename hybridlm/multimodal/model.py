@@ -100,27 +100,32 @@ class VisionLanguageModel(nn.Module):
         return self.vision(image.to(device=self.device, dtype=self.dtype))
 
     def encode_images(self, images: list[torch.Tensor]) -> VisualInputs:
-        """images: one (n_b, C, H, W) or (n_b, P, d_vision) tensor per row (n_b may be 0)."""
-        per_row, counts = [], []
-        for row in images:
-            if row.shape[0] == 0:
-                per_row.append(None)
-                counts.append(0)
-                continue
-            feats = self.image_features(row)  # (n, P, d_vision)
-            if self.vision_config.design == "flamingo":
-                tokens = self.resampler(feats)  # (n, L, d)
-            else:
-                tokens = self.projector(feats)  # (n, P, d)
-            per_row.append(tokens)
-            counts.append(row.shape[0])
-        per_image = max((t.shape[1] for t in per_row if t is not None), default=1)
-        width = max(max(counts), 1) * per_image
+        """images: one (n_b, C, H, W) or (n_b, P, d_vision) tensor per row (n_b may be 0). All
+        pixel images of the batch go through the ViT in one call."""
+        counts = [int(row.shape[0]) for row in images]
+        pixel_rows = [i for i, row in enumerate(images) if row.ndim == 4 and row.shape[0]]
+        feats: list[torch.Tensor | None] = [None] * len(images)
+        if pixel_rows:
+            encoded = self.image_features(torch.cat([images[i] for i in pixel_rows])).split(
+                [counts[i] for i in pixel_rows])
+            for i, f in zip(pixel_rows, encoded):
+                feats[i] = f
+        for i, row in enumerate(images):
+            if feats[i] is None and row.shape[0]:
+                feats[i] = self.image_features(row)
+        present = [f for f in feats if f is not None]
         b, d = len(images), self.config.d_model
+        per_image = self.vision_config.n_latents if self.vision_config.design == "flamingo" else \
+            max((f.shape[1] for f in present), default=1)
+        width = max(max(counts, default=0), 1) * per_image
         tokens = torch.zeros(b, width, d, device=self.device, dtype=self.dtype)
         key_image = torch.full((b, width), -1, dtype=torch.long, device=self.device)
-        for i, t in enumerate(per_row):
-            if t is not None:
+        if present:
+            same = len({f.shape[1] for f in present}) == 1
+            mapped = self._visual_tokens(torch.cat(present)).split([f.shape[0] for f in present]) if same else \
+                [self._visual_tokens(f) for f in present]
+            rows = [i for i, f in enumerate(feats) if f is not None]
+            for i, t in zip(rows, mapped):
                 n, length = t.shape[:2]
                 tokens[i, :n * length] = t.reshape(n * length, d)
                 key_image[i, :n * length] = torch.arange(n, device=self.device).repeat_interleave(length)
@@ -128,6 +133,12 @@ class VisionLanguageModel(nn.Module):
         if self.vision_config.design == "flamingo":
             visual.cross_kv = [layer.attn.project_memory(tokens) for layer in self.xattn]
         return visual
+
+    def _visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, P, d_vision) -> (n, L, d_model): resampled (flamingo) or projected (tokens)."""
+        if self.vision_config.design == "flamingo":
+            return self.resampler(features)
+        return self.projector(features)
 
     # -- the forward --------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, images: list[torch.Tensor] | VisualInputs | None = None,
