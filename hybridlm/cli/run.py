@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
@@ -179,9 +178,17 @@ def cmd_generate(args) -> int:
         if args.compile:
             raise ValueError("--speculative runs eager (its verifications are k + 1 tokens at once): drop --compile")
     image_paths = getattr(args, "image", None) or []
-    for path in image_paths:  # a missing file is reported before the model loads
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no image file {path}")
+    if image_paths:  # bad images and a text-only model are reported before the model loads
+        from ..checkpoints.registry import resolve
+        from ..multimodal.image import check_visual
+        from ..multimodal.prompt import check_prompt_text
+
+        check_prompt_text(prompt, len(image_paths))
+        for path in image_paths:
+            check_visual(path)
+        if resolve(args.model)[2] != "vlm":
+            raise ValueError(f"{args.model} is a text-only model: --image needs a vision-language model "
+                             f"(a directory written by hybridlm.checkpoints.vlm.save_vlm)")
     loaded = _load(args)
     tok = loaded.tokenizer
     sampling = _sampling(args, tok)

@@ -49,6 +49,30 @@ def load_image(path: str | os.PathLike, cfg: VisionConfig) -> torch.Tensor:
         raise ValueError(f"cannot read {path} as an image: {e}") from None
 
 
+def check_visual(path: str | os.PathLike) -> None:
+    """Raise FileNotFoundError / ValueError now if `path` cannot be read as an image or features
+    file, before anything slow (loading a model) happens."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file {path}")
+    if str(path).lower().endswith(FEATURE_SUFFIXES):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"cannot read {path} as safetensors features: {e}") from None
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
+
+
 def load_features(path: str | os.PathLike, cfg: VisionConfig) -> torch.Tensor:
     """Precomputed visual features from a safetensors file -> (P, d_vision) float32."""
     from safetensors import SafetensorError

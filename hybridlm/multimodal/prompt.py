@@ -46,6 +46,15 @@ def with_placeholders(prompt: str, n_images: int) -> str:
     return IMAGE_PLACEHOLDER * n_images + "\n" + prompt
 
 
+def check_prompt_text(prompt: str, n_images: int) -> None:
+    """A prompt that places its images needs exactly one placeholder per image (checked on the text,
+    before any model loads; `check_prompts` checks the token ids again)."""
+    found = prompt.count(IMAGE_PLACEHOLDER)
+    if found and found != n_images:
+        what = "more images than placeholders" if found < n_images else "more placeholders than images"
+        raise ValueError(f"the prompt has {found} {IMAGE_PLACEHOLDER} placeholders for {n_images} images: {what}")
+
+
 def expand_placeholders(ids: list[int], cfg: VisionConfig) -> list[int]:
     """Each placeholder token -> `tokens_per_image` of them (the tokens design's visual tokens)."""
     out: list[int] = []

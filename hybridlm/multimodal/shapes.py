@@ -28,7 +28,7 @@ SHAPES = ("square", "circle", "triangle")
 COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (235, 220, 40)}
 COUNTS = ("one", "two", "three")
 SIDES = ("left", "right")
-QUESTION_WORDS = "how many shapes are there ? what color is the shape colored which side".split()
+QUESTION_WORDS = "how many shapes are there ? what color is the shape colored which side and".split()
 SPECIALS = ("<pad>", "</s>", "<image>")
 WORDS = SPECIALS + tuple(dict.fromkeys(QUESTION_WORDS + list(SHAPES) + list(COLORS) + list(COUNTS) + list(SIDES)))
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -99,6 +99,13 @@ def held_out(example: Example) -> bool:
     return zlib.crc32(example.key()) % 8 == 0
 
 
+def caption(example: Example) -> str:
+    """What the picture shows, in words: "<color> <shape> <side>" per thing, left to right by cell,
+    joined by "and" (the text side of CLIP-style pre-training)."""
+    things = sorted(example.things, key=lambda t: (t.cell % 2, t.cell // 2))
+    return " and ".join(f"{t.color} {t.shape} {SIDES[t.cell % 2]}" for t in things)
+
+
 def encode_words(text: str) -> list[int]:
     return [VOCAB[w] for w in text.split()]
 
@@ -129,6 +136,60 @@ class ShapesTask:
         ids = torch.tensor([p + [VOCAB[ex.answer], EOS] for p, ex in zip(prompts, examples)])
         pixels = torch.stack([preprocess(draw(ex, self.image_size), cfg) for ex in examples])
         return ShapesBatch(ids, pixels, answers, examples)
+
+
+@dataclass
+class CaptionBatch:
+    """Images and their captions, right-padded: what `train.objectives.ContrastiveImageText` reads."""
+
+    pixels: torch.Tensor  # (B, C, H, W)
+    ids: torch.Tensor  # (B, T) caption tokens, PAD after the caption
+    mask: torch.Tensor  # (B, T) 1 = caption token
+
+    def to(self, device, non_blocking: bool = False) -> "CaptionBatch":
+        return CaptionBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.pixels, self.ids, self.mask)))
+
+
+class ShapesCaptions:
+    """`task:shapes-captions`: (image, caption) pairs of the shapes task, served as the trainer
+    serves token shards (micro_batch, validation_batches), with the contrastive objective."""
+
+    MAX_WORDS = 11  # three things of three words and two "and"s
+
+    def __init__(self, split: str, seed: int = 0, vision=None):
+        from .config import VisionConfig
+
+        self.task = ShapesTask(split, seed)
+        self.vision = vision or VisionConfig(mean=(0.5,) * 3, std=(0.5,) * 3)
+        self.vocab_size, self.manifest, self.seq_len = len(WORDS), {"task": "task:shapes-captions"}, self.MAX_WORDS
+
+    @property
+    def objective(self):
+        from ..train.objectives import ContrastiveImageText
+
+        return ContrastiveImageText()
+
+    def batch(self, first: int, count: int) -> CaptionBatch:
+        from .image import preprocess
+
+        examples = [self.task.example(i) for i in range(first, first + count)]
+        ids = torch.full((count, self.MAX_WORDS), PAD, dtype=torch.long)
+        mask = torch.zeros((count, self.MAX_WORDS), dtype=torch.long)
+        for row, ex in enumerate(examples):
+            words = encode_words(caption(ex))
+            ids[row, :len(words)] = torch.tensor(words)
+            mask[row, :len(words)] = 1
+        pixels = torch.stack([preprocess(draw(ex, self.vision.image_size), self.vision) for ex in examples])
+        return CaptionBatch(pixels, ids, mask)
+
+    def micro_batch(self, seen: int, global_batch: int, rank: int, world: int, micro: int, size: int) -> CaptionBatch:
+        """The same slicing of the global batch as train/data.TrainBatches."""
+        return self.batch(seen + rank * (global_batch // world) + micro * size, size)
+
+    def validation_batches(self, n: int, rank: int, world: int, size: int) -> list[CaptionBatch]:
+        per_rank = n // world
+        start = rank * per_rank
+        return [self.batch(start + i, min(size, per_rank - i)) for i in range(0, per_rank, size)]
 
 
 @dataclass

@@ -116,7 +116,11 @@ class Trainer:
         self.world = ctx.world_size
         self.global_batch = cfg.global_batch(self.world)
         self.accum = cfg.accumulation_steps(self.world)
-        self.objective = objective_for(self.model_cfg, self.train_data.vocab_size)
+        # the data may bring its own objective (image-text pairs: contrastive), else the family's
+        self.objective = getattr(self.train_data, "objective", None) or objective_for(self.model_cfg, self.train_data.vocab_size)
+        if hasattr(self.train_data, "objective") and (model is None or cfg.export_hf):
+            raise TrainConfigError(f"{cfg.data_dir} trains a model the presets do not build (a CLIP-style dual "
+                                   "encoder): pass it as train(cfg, model=...) with export_hf=False")
         self.batches = self.train_data if hasattr(self.train_data, "micro_batch") else \
             TrainBatches(self.train_data, cfg.seq_len, cfg.seed)
         self.autocast_dtype = resolve_precision(cfg.precision, ctx.device)

@@ -16,8 +16,9 @@ def lm_config(kind: str) -> ModelConfig:
 
 
 def vision_config(design: str, **changes) -> VisionConfig:
-    return VisionConfig(design=design, image_token_id=IMAGE_ID, image_size=16, patch_size=8, d_vision=32,
-                        n_heads=2, d_ff=32, n_latents=4, cross_every=1, **changes)
+    base = dict(design=design, image_token_id=IMAGE_ID, image_size=16, patch_size=8, d_vision=32, n_heads=2,
+                d_ff=32, n_latents=4, cross_every=1)
+    return VisionConfig(**(base | changes))
 
 
 def tiny_vlm(kind: str, design: str, seed: int = 0, open_gates: bool = True, **changes) -> VisionLanguageModel:
@@ -36,5 +37,5 @@ def prompt(design_cfg: VisionConfig, pieces: list) -> torch.Tensor:
     """(1, T) ids from pieces: ints are text tokens, None is one image's placeholders."""
     ids = []
     for p in pieces:
-        ids.extend([IMAGE_ID] * design_cfg.tokens_per_image if p is None else [p])
+        ids.extend([design_cfg.image_token_id] * design_cfg.tokens_per_image if p is None else [p])
     return torch.tensor([ids])
