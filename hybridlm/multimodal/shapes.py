@@ -95,6 +95,12 @@ def draw(example: Example, size: int = 32):
     return image
 
 
+def question_kind(question: str) -> str:
+    """count, color, shape or side: what the question asks about."""
+    words = question.split()
+    return {"how": "count", "which": "side"}.get(words[0]) or words[1]
+
+
 def held_out(example: Example) -> bool:
     return zlib.crc32(example.key()) % 8 == 0
 

@@ -38,23 +38,34 @@ def answer_loss(model, batch: ShapesBatch, cfg: VisionConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def answer_accuracy(model, task: ShapesTask, cfg: VisionConfig, n: int, batch_size: int = 128) -> float:
-    """Share of the first n examples of `task` whose argmax next token after the question is the answer."""
+def answer_accuracy(model, task: ShapesTask, cfg: VisionConfig, n: int, batch_size: int = 128,
+                    by_kind: bool = False) -> float | dict[str, float]:
+    """Share of the first n examples of `task` whose argmax next token after the question is the
+    answer; with by_kind, a dict of that share per question kind (shapes.question_kind) and "all"."""
+    from .shapes import question_kind
+
     was = model.training
     model.eval()
-    right = 0
+    right, seen = {}, {}
     for first in range(0, n, batch_size):
         batch = task.batch(first, min(batch_size, n - first), cfg)
         logits, at = _logits(model, batch, cfg)
-        right += int((logits[:, at].argmax(-1) == batch.answers).sum())
+        hits = (logits[:, at].argmax(-1) == batch.answers).tolist()
+        for ex, hit in zip(batch.examples, hits):
+            for key in ("all", question_kind(ex.question)):
+                right[key] = right.get(key, 0) + hit
+                seen[key] = seen.get(key, 0) + 1
     model.train(was)
-    return right / n
+    if by_kind:
+        return {k: right[k] / seen[k] for k in seen}
+    return right["all"] / seen["all"]
 
 
 def fit(model, params: list[torch.nn.Parameter], task: ShapesTask, cfg: VisionConfig, steps: int,
         batch_size: int = 64, lr: float = 3e-3, warmup: int = 50, desc: str = "train",
-        max_seconds: float | None = None) -> dict:
-    """Train `params` of `model` (others frozen) for `steps` AdamW steps. Returns {steps, seconds, loss}."""
+        max_seconds: float | None = None, on_step=None) -> dict:
+    """Train `params` of `model` (others frozen) for `steps` AdamW steps. Returns {steps, seconds, loss}.
+    on_step(step, loss): called after each step (e.g. to score the model now and then)."""
     trainable = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
@@ -75,6 +86,8 @@ def fit(model, params: list[torch.nn.Parameter], task: ShapesTask, cfg: VisionCo
         opt.step()
         loss, done = value.item(), step + 1
         bar.set_postfix(loss=f"{loss:.3f}")
+        if on_step is not None:
+            on_step(done, loss)
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
     for p in model.parameters():
