@@ -149,8 +149,9 @@ class Decoder(nn.Module):
         The part of a forward with no Python-int bookkeeping, so `torch.compile` can trace it as one
         graph (generation/compiled.py). token_mask (B, T): True for real tokens, None if all are.
         embeds (B, T, d_model): the input embeddings to use instead of `embed(input_ids)` (visual
-        tokens in place of image placeholders). between(i, x) -> x: runs after block i (gated
-        cross-attention layers inserted between the blocks of a frozen LM).
+        tokens in place of image placeholders). between(i, x) -> x: runs before block i + 1, so
+        between(-1, x) runs before the first (gated cross-attention layers inserted between the
+        blocks of a frozen LM).
         """
         x = self.embed(input_ids) if embeds is None else embeds
         if self.pos_embed is not None:
@@ -160,6 +161,8 @@ class Decoder(nn.Module):
         x = self.embed_dropout(x)
         inputs = self._attention_inputs(step, x.dtype)
         slots = cache.slots if cache is not None else [None] * len(self.blocks)
+        if between is not None:
+            x = between(-1, x)
         for i, (block, slot) in enumerate(zip(self.blocks, slots)):
             x = block(x, inputs, slot, token_mask, moe_stats)
             if between is not None:

@@ -32,7 +32,7 @@ class VisionConfig:
     # flamingo
     n_latents: int = 8  # visual tokens per image out of the Perceiver Resampler (its learned queries)
     resampler_layers: int = 1  # Perceiver Resampler layers
-    cross_every: int = 2  # a gated cross-attention layer after every this many decoder blocks
+    cross_every: int = 2  # a gated cross-attention layer before block 0, cross_every, 2 x cross_every, ...
     xattn_images: str = "preceding"  # text attends to every image before it, or only the last one (Flamingo)
     # tokens
     projector: str = "mlp"  # linear, or LLaVA-1.5's 2-layer MLP (GELU)

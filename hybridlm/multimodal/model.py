@@ -4,8 +4,8 @@ Images go with each prompt row as a list: row b has images[b], a (n_b, C, H, W) 
 (n_b, P, d_vision) tensor of precomputed features (n_b may be 0). The prompt marks each image with
 `image_token_id` placeholders, in order: one per image (flamingo) or `tokens_per_image` (tokens).
 
-    flamingo  ViT -> Perceiver Resampler -> visual tokens; a gated cross-attention layer after
-              every `cross_every` decoder blocks reads them, masked per image (gated_xattn.py)
+    flamingo  ViT -> Perceiver Resampler -> visual tokens; a gated cross-attention layer before
+              every `cross_every`-th decoder block (the first included) reads them, masked per image
     tokens    ViT -> projector -> one embedding per patch, written over the placeholders' embeddings
 
 Both work through the KV cache: `VisionCache` counts the placeholders each row has already passed,
@@ -74,8 +74,8 @@ class VisionLanguageModel(nn.Module):
         n_blocks = len(lm_config.blocks)
         if v.design == "flamingo":
             self.resampler = PerceiverResampler(v.vit_config(), v.n_latents, v.resampler_layers, d)
-            # layer j runs after decoder block (j + 1) * cross_every - 1
-            self.xattn = nn.ModuleList(GatedCrossAttention(lm_config) for _ in range(n_blocks // v.cross_every))
+            # layer j runs before decoder block j * cross_every, as Flamingo puts one before each LM layer
+            self.xattn = nn.ModuleList(GatedCrossAttention(lm_config) for _ in range(-(-n_blocks // v.cross_every)))
         else:
             self.projector = Projector(v.projector, v.d_vision, d)
 
@@ -165,9 +165,9 @@ class VisionLanguageModel(nn.Module):
             mask = image_mask(index, visual.key_image, self.vision_config.xattn_images == "last")
             every = self.vision_config.cross_every
 
-            def between(i: int, x: torch.Tensor) -> torch.Tensor:
-                j, after = divmod(i + 1, every)
-                return x if after else self.xattn[j - 1](x, visual.cross_kv[j - 1], mask)
+            def between(i: int, x: torch.Tensor) -> torch.Tensor:  # x is about to enter block i + 1
+                j, off = divmod(i + 1, every)
+                return x if off or j >= len(self.xattn) else self.xattn[j](x, visual.cross_kv[j], mask)
 
             logits = self.decoder(input_ids, cache, attention_mask, last_only, between=between)
         if cache is not None:

@@ -8,6 +8,7 @@ import pytest
 from bench import vision_proof
 
 
+@pytest.mark.slow  # ~20 s idle, a minute on a loaded machine: CLIP, three models and generation, each tiny
 @pytest.mark.usefixtures("one_thread")
 def test_vision_proof_reports_every_model_and_the_examples(tmp_path, capsys):
     assert vision_proof.main(["--decoders", "transformer", "--clip-steps", "2", "--text-steps", "2", "--steps", "2",
