@@ -5,7 +5,6 @@ import io
 import json
 
 import pytest
-import torch
 
 from hybridlm.checkpoints.vlm import save_vlm
 from hybridlm.generation.sampling import SamplingConfig
@@ -51,7 +50,7 @@ def test_chat_attaches_images_with_slash_image(cli, vlm_dir, picture, monkeypatc
     code, out, err = cli("chat", str(path), *GREEDY)
     assert code == 0
     assert "cannot read" in err and "attached" in err  # the bad image is reported, the chat goes on
-    assert len([line for line in out.splitlines() if line.strip()]) == 1
+    assert err.count(" tok/s]") == 1  # one answer (a random model's text may be only </s>, so not read from stdout)
 
 
 def test_image_errors_are_one_line(cli, vlm_dir, picture, tmp_path, tiny_llama_dir, assert_one_line_error):
