@@ -53,7 +53,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     name: str  # the registry name, or the file or directory name
     source: Path  # the file or directory the weights came from
-    format: str  # "gguf", "hf" or "quantized" (a `hybridlm quantize` output directory)
+    format: str  # "gguf", "hf", "quantized" (a `hybridlm quantize` output directory) or "vlm" (checkpoints/vlm.py)
     load_seconds: float  # wall time of reading and building, tokenizer included
 
 
@@ -78,6 +78,8 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path, str]:
     if path.is_dir():
         if (path / "quantized.json").is_file():  # checkpoints/quantized.py
             return path.name, path, "quantized"
+        if (path / "vlm.json").is_file():  # checkpoints/vlm.py: a vision-language model
+            return path.name, path, "vlm"
         if (path / "config.json").is_file():
             return path.name, path, "hf"
         ggufs = sorted(path.glob("*.gguf"))
@@ -103,6 +105,10 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
         from .quantized import load_quantized
 
         model, tokenizer = load_quantized(source, dtype, device)
+    elif fmt == "vlm":
+        from .vlm import load_vlm
+
+        model, tokenizer = load_vlm(source, dtype, device)
     else:
         model = _load_hf_dir(source, dtype, device)
         tokenizer = Tokenizer.from_file(source)
@@ -148,6 +154,10 @@ def describe_source(name_or_path: str | os.PathLike) -> tuple[ModelConfig, str]:
         from .quantized import read_quantized_config
 
         return read_quantized_config(source), str(source)
+    if fmt == "vlm":  # the LM's config (the vision parts are described in vlm.json)
+        from .vlm import read_vlm_configs
+
+        return read_vlm_configs(source)[0], str(source)
     from . import hf_bert, hf_t5
     from .hf import config_from_hf, read_hf_config
 

@@ -105,6 +105,8 @@ def _load(args):
         raise ValueError(f"{loaded.name} is an encoder (it embeds, it does not generate): use `hybridlm embed`")
     if family == "seq2seq" and (args.compile or getattr(args, "func", None) is not cmd_generate):
         raise ValueError(f"{loaded.name} is an encoder-decoder: it runs with `hybridlm generate` and without --compile")
+    if args.compile and getattr(loaded.model, "vision_config", None) is not None:
+        raise ValueError(f"{loaded.name} is a vision-language model: it runs eager (drop --compile)")
     loaded.model.eval()
     if tp > 1:
         _split(loaded.model, tp, device)
@@ -230,9 +232,28 @@ def cmd_generate(args) -> int:
                              f"not {args.num_speculative_tokens}")
         if args.compile:
             raise ValueError("--speculative runs eager (its verifications are k + 1 tokens at once): drop --compile")
+    image_paths = getattr(args, "image", None) or []
+    if image_paths:  # bad images and a text-only model are reported before the model loads
+        from ..checkpoints.registry import resolve
+        from ..multimodal.image import check_visual
+        from ..multimodal.prompt import check_prompt_text
+
+        check_prompt_text(prompt, len(image_paths))
+        for path in image_paths:
+            check_visual(path)
+        if resolve(args.model)[2] != "vlm":
+            raise ValueError(f"{args.model} is a text-only model: --image needs a vision-language model "
+                             f"(a directory written by hybridlm.checkpoints.vlm.save_vlm)")
     loaded = _load(args)
     tok = loaded.tokenizer
     sampling = _sampling(args, tok)
+    vision = _vision_config(loaded, image_paths)
+    if vision is not None:
+        if getattr(args, "speculative", None):
+            raise ValueError("--speculative needs a text-only model (not a vision-language model)")
+        from ..multimodal.prompt import with_placeholders
+
+        prompt = with_placeholders(prompt, len(image_paths))
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}]
@@ -244,7 +265,9 @@ def cmd_generate(args) -> int:
     if getattr(model.config, "family", "decoder") == "seq2seq":  # the prompt feeds the encoder, once
         model = model.bind_source(ids)
         prompts = model.start_ids
-    if getattr(args, "speculative", None):
+    if vision is not None:
+        result = _generate_with_images(args, loaded, ids, image_paths, sampling, streamer)
+    elif getattr(args, "speculative", None):
         result = _speculative(args, loaded, model, prompts, sampling, streamer)
     else:
         result = generate(_decoding_model(args, model), prompts, sampling, cache_kind=args.cache, decode=tok.decode,
@@ -272,6 +295,35 @@ def cmd_generate(args) -> int:
              f"{st.proposed} proposed ({st.acceptance_rate:.0%}), {st.tokens_per_step:.2f} tokens per target "
              f"forward ({st.steps} verifications)")
     return 0
+
+
+def _vision_config(loaded, image_paths: list[str]):
+    """The model's VisionConfig, or None for a text-only model (which cannot take --image)."""
+    vision = getattr(loaded.model, "vision_config", None)
+    if vision is None and image_paths:
+        raise ValueError(f"{loaded.name} is a text-only model: --image needs a vision-language model "
+                         f"(a directory written by hybridlm.checkpoints.vlm.save_vlm)")
+    return vision
+
+
+def _generate_with_images(args, loaded, ids, image_paths, sampling, streamer, images=None):
+    """`generate` for a vision-language model: ids hold one placeholder per image."""
+    import torch
+
+    from ..multimodal.image import load_visual
+    from ..multimodal.prompt import generate_with_images
+
+    cfg = loaded.model.vision_config
+    if images is None:
+        images = [load_visual(p, cfg) for p in image_paths]
+    features = [im for im in images if im.ndim == 2]
+    if features and len(features) != len(images):
+        raise ValueError("give either images or .safetensors features, not both, in one prompt")
+    stacked = torch.stack(images) if images else torch.zeros(0, cfg.channels, cfg.image_size, cfg.image_size)
+    if features and len({f.shape[0] for f in features}) != 1:
+        raise ValueError("every features file of one prompt needs the same number of patches")
+    return generate_with_images(loaded.model, [ids], [stacked], sampling, cache_kind=args.cache,
+                                decode=loaded.tokenizer.decode, on_token=streamer, kv_dtype=args.kv_cache)
 
 
 def _speculative(args, loaded, model, prompts, sampling, streamer):
@@ -306,7 +358,10 @@ def cmd_chat(args) -> int:
     sampling = _sampling(args, tok)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
-    _log(f"hybridlm chat with {loaded.name} (loaded in {loaded.load_seconds:.2f} s); /reset clears, /exit quits")
+    vision = getattr(loaded.model, "vision_config", None)
+    images, pending = [], []  # every image of the conversation in order; those for the next message
+    hint = "; /image PATH attaches an image to your next message" if vision is not None else ""
+    _log(f"hybridlm chat with {loaded.name} (loaded in {loaded.load_seconds:.2f} s); /reset clears, /exit quits{hint}")
     while True:
         try:
             line = input("> " if sys.stdin.isatty() else "")
@@ -315,19 +370,47 @@ def cmd_chat(args) -> int:
         if line.strip() in ("/exit", "/quit"):
             break
         if line.strip() == "/reset":
-            messages = list(system)
+            messages, images, pending = list(system), [], []
+            continue
+        if line.strip().startswith("/image"):
+            _chat_image(line.strip()[len("/image"):].strip(), vision, loaded.name, pending)
             continue
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line})
-        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        messages.append({"role": "user", "content": [{"type": "image"}] * len(pending) + [{"type": "text", "text": line}]
+                         if vision is not None else line})
+        images, pending = images + pending, []
         streamer = _Streamer(tok)
-        result = generate(model, [ids], sampling, cache_kind=args.cache, decode=tok.decode, on_token=streamer,
-                          kv_dtype=args.kv_cache)
+        if vision is not None:
+            from ..multimodal.prompt import render_content
+
+            ids = tok.encode(tok.apply_chat_template(render_content(messages), add_generation_prompt=True))
+            result = _generate_with_images(args, loaded, ids, [], sampling, streamer, images=images)
+        else:
+            ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+            result = generate(model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
+                              on_token=streamer, kv_dtype=args.kv_cache)
         streamer.finish()
         messages.append({"role": "assistant", "content": result.texts[0]})
         _log(f"[{result.stats.decode_tokens_per_s:.1f} tok/s]")
     return 0
+
+
+def _chat_image(path: str, vision, name: str, pending: list) -> None:
+    """`/image PATH` in chat: queue the image for the next message; a bad one is reported on stderr
+    and the chat goes on."""
+    from ..multimodal.image import load_visual
+
+    try:
+        if vision is None:
+            raise ValueError(f"{name} is a text-only model: /image needs a vision-language model")
+        if not path:
+            raise ValueError("/image needs a path: /image PATH")
+        pending.append(load_visual(path, vision))
+    except (ValueError, FileNotFoundError) as e:
+        _log(f"hybridlm: error: {e}")
+        return
+    _log(f"[image {path} attached to your next message]")
 
 
 def cmd_info(args) -> int:
@@ -428,13 +511,18 @@ def register(sub) -> None:
                    help="tensor-parallel ranks: run under `torchrun --nproc-per-node N -m hybridlm generate ... "
                         "--tp N`; each rank holds 1/N of the attention heads, KV cache, MLP channels and Mamba "
                         "heads (float weights: a GGUF is dequantized; no --compile); rank 0 prints the text")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image (any format Pillow reads; or a .safetensors file holding precomputed "
+                        "'features' (P, d_vision)) for a vision-language model; repeatable. The prompt places "
+                        "each with an <image> placeholder, in order; a prompt without placeholders gets them in front")
     _add_decode_step_arg(p)
     _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive chat that streams tokens, using the model's chat template",
                        description="Chat with a model. Type a message and press enter; /reset clears the "
-                                   "conversation, /exit (or end of input) quits.")
+                                   "conversation, /exit (or end of input) quits. With a vision-language model, "
+                                   "/image PATH attaches an image to your next message.")
     _add_model_args(p)
     _add_sampling_args(p, default_max=512)
     p.add_argument("--system", default=None, help="system message")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -119,11 +121,13 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None, last_only: bool = False,
-                moe_stats: MoEStats | None = None) -> torch.Tensor:
+                moe_stats: MoEStats | None = None, embeds: torch.Tensor | None = None,
+                between: Callable | None = None) -> torch.Tensor:
         """input_ids (B, T) int64 -> logits (B, T, V), or (B, 1, V) with last_only.
 
         cache: appended to in place. attention_mask (B, T): 1 for real tokens, 0 for (left) padding.
         moe_stats: if given, each MoE block appends its expert utilisation and load-balancing loss.
+        embeds, between: how a vision-language model (multimodal/) sees in; see `forward_planned`.
         """
         b, t = input_ids.shape
         if cache is None:
@@ -131,20 +135,25 @@ class Decoder(nn.Module):
         else:
             step = cache.plan(t, attention_mask)
         token_mask = None if attention_mask is None else step.q_pos >= 0
-        logits = self.forward_planned(input_ids, step, cache, token_mask, last_only, moe_stats)
+        logits = self.forward_planned(input_ids, step, cache, token_mask, last_only, moe_stats, embeds, between)
         if cache is not None:
             cache.commit(step)
         return logits
 
     def forward_planned(self, input_ids: torch.Tensor, step: CacheStep, cache: Cache | None = None,
                         token_mask: torch.Tensor | None = None, last_only: bool = False,
-                        moe_stats: MoEStats | None = None) -> torch.Tensor:
+                        moe_stats: MoEStats | None = None, embeds: torch.Tensor | None = None,
+                        between: Callable | None = None) -> torch.Tensor:
         """`forward` once the cache has planned the step: writes the cache slots, does not advance it.
 
         The part of a forward with no Python-int bookkeeping, so `torch.compile` can trace it as one
         graph (generation/compiled.py). token_mask (B, T): True for real tokens, None if all are.
+        embeds (B, T, d_model): the input embeddings to use instead of `embed(input_ids)` (visual
+        tokens in place of image placeholders). between(i, x) -> x: runs before block i + 1, so
+        between(-1, x) runs before the first (gated cross-attention layers inserted between the
+        blocks of a frozen LM).
         """
-        x = self.embed(input_ids)
+        x = self.embed(input_ids) if embeds is None else embeds
         if self.pos_embed is not None:
             x = x + self.pos_embed(step.q_pos.clamp(min=0))
         elif self.config.position == "sinusoidal":
@@ -152,8 +161,12 @@ class Decoder(nn.Module):
         x = self.embed_dropout(x)
         inputs = self._attention_inputs(step, x.dtype)
         slots = cache.slots if cache is not None else [None] * len(self.blocks)
-        for block, slot in zip(self.blocks, slots):
+        if between is not None:
+            x = between(-1, x)
+        for i, (block, slot) in enumerate(zip(self.blocks, slots)):
             x = block(x, inputs, slot, token_mask, moe_stats)
+            if between is not None:
+                x = between(i, x)
         if last_only:
             x = x[:, -1:]
         elif step.out_index is not None:

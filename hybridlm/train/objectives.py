@@ -4,6 +4,8 @@
     encoder   masked language modelling over token shards (BERT): 15% of tokens are chosen; of
               those 80% become [MASK], 10% a random token, 10% stay; the loss is on chosen tokens only
     seq2seq   cross-entropy of the target given the source (teacher forcing), on a synthetic task
+    image-text  CLIP's symmetric contrastive loss over (image, caption) pairs (`clip_loss`), for
+              pre-training an image encoder; chosen by the data (task:shapes-captions), not the family
 
 Each objective turns a batch into a loss (`loss`) and a (summed loss, token count) pair for
 validation (`eval_sums`). Randomness (MLM masking) draws from torch's global RNG, which the trainer
@@ -84,6 +86,30 @@ class Seq2SeqLM:
         return masked_lm_loss(logits, batch.labels, reduction="sum").item(), batch.n_target_tokens
 
 
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
+    """CLIP's objective (Radford et al. 2021, figure 3): image i and text i are a pair, every other
+    text of the batch a negative. image, text (B, E) unit vectors; logit_scale a scalar log
+    temperature, clamped at ln 100 as CLIP clamps it. Mean of the image->text and text->image
+    cross-entropies (per pair summed over both directions / 2 with reduction "sum")."""
+    scale = logit_scale.clamp(max=4.6052).exp()
+    logits = scale * image.float() @ text.float().T  # (B, B)
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target, reduction=reduction) +
+            F.cross_entropy(logits.T, target, reduction=reduction)) / 2
+
+
+class ContrastiveImageText:
+    """CLIP pre-training of an image encoder: the model maps (pixels, ids, mask) to (image vectors,
+    text vectors, logit scale) (multimodal/clip.ClipModel); batches are multimodal/shapes.CaptionBatch."""
+
+    def loss(self, model, batch, label_smoothing: float = 0.0, **kwargs) -> torch.Tensor:
+        return clip_loss(*model(batch.pixels, batch.ids, batch.mask))
+
+    def eval_sums(self, model, batch) -> tuple[float, int]:
+        return clip_loss(*model(batch.pixels, batch.ids, batch.mask), reduction="sum").item(), batch.ids.shape[0]
+
+
 def objective_for(cfg: ModelConfig, data_vocab_size: int):
     """The objective of a model family (see the module doc)."""
     if cfg.family == "encoder":
@@ -118,6 +144,10 @@ def open_splits(data_dir: str, seed: int, family: str = "decoder"):
     from .config import TrainConfigError
     from .synthetic import SyntheticTask, is_task
 
+    if str(data_dir) == "task:shapes-captions":  # image-caption pairs: a CLIP-style dual encoder trains on them
+        from ..multimodal.shapes import ShapesCaptions
+
+        return ShapesCaptions("train", seed), ShapesCaptions("val", seed)
     if is_task(data_dir) != (family == "seq2seq"):
         if family == "seq2seq":
             raise TrainConfigError(f"a seq2seq model trains on source -> target pairs, which token shards do not "

@@ -108,6 +108,9 @@ class Trainer:
         self.run_dir = Path(cfg.out_dir)
         family = get_preset(cfg.preset).family if model is None else model.config.family
         self.train_data, self.val_data = open_splits(cfg.data_dir, cfg.seed, family)  # token shards or a `task:` spec
+        if hasattr(self.train_data, "objective") and (model is None or cfg.export_hf):
+            raise TrainConfigError(f"{cfg.data_dir} trains a model the presets do not build (a CLIP-style dual "
+                                   "encoder): pass it as train(cfg, model=...) with export_hf=False")
         self.model_cfg = build_model_config(cfg, self.train_data.vocab_size) if model is None else model.config
         if model is not None and (model.config.vocab_size < self.train_data.vocab_size
                                   or model.config.max_seq_len < cfg.seq_len):
@@ -116,7 +119,8 @@ class Trainer:
         self.world = ctx.dp_size  # data-parallel replicas: the ranks of a TP group share their batches
         self.global_batch = cfg.global_batch(self.world)
         self.accum = cfg.accumulation_steps(self.world)
-        self.objective = objective_for(self.model_cfg, self.train_data.vocab_size)
+        # the data may bring its own objective (image-text pairs: contrastive), else the family's
+        self.objective = getattr(self.train_data, "objective", None) or objective_for(self.model_cfg, self.train_data.vocab_size)
         self.batches = self.train_data if hasattr(self.train_data, "micro_batch") else \
             TrainBatches(self.train_data, cfg.seq_len, cfg.seed)
         self.autocast_dtype = resolve_precision(cfg.precision, ctx.device)
