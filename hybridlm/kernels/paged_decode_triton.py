@@ -56,7 +56,9 @@ if triton is not None:
         heads = hk * n_rep + tl.arange(0, REP)  # (REP,) query heads of this KV head; rows >= n_rep are padding
         head_ok = tl.arange(0, REP) < n_rep
         offs_d = tl.arange(0, D)
+        # float32 products: decode reads each key once, so the cost is the bytes, not the arithmetic
         q = tl.load(Q + n * sqn + heads[:, None] * sqh + offs_d[None, :], mask=head_ok[:, None], other=0.0)
+        q = q.to(tl.float32)
         m_i = tl.full([REP], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([REP], dtype=tl.float32)
         acc = tl.zeros([REP, D], dtype=tl.float32)
@@ -66,7 +68,7 @@ if triton is not None:
             page = tl.load(TABLES + n * stn + pos // block_size, mask=live, other=0)
             rows = page.to(tl.int64) * block_size + pos % block_size
             k = tl.load(K + rows[:, None] * skr + hk * skh + offs_d[None, :], mask=live[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k).to(q.dtype), input_precision="ieee") * scale_log2  # (REP, BLOCK_N)
+            s = tl.dot(q, tl.trans(k).to(tl.float32), input_precision="ieee") * scale_log2  # (REP, BLOCK_N)
             s = tl.where(live[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp2(s - m_new[:, None])

@@ -47,10 +47,22 @@ def require(t: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} runs on {where}, got a tensor on {t.device}")
 
 
+class _Switch:
+    enabled = True  # set_enabled(False): CUDA models take their PyTorch paths (benchmarks compare both)
+
+
+def set_enabled(on: bool) -> None:
+    """Turn the models' use of the Triton kernels on CUDA on or off (process-wide)."""
+    _Switch.enabled = bool(on)
+
+
 def use_triton(t: torch.Tensor) -> bool:
-    """The models' switch: True for CUDA tensors when Triton is installed and not interpreting.
-    CPU forwards never change."""
-    return t.is_cuda and installed() and not interpreting()
+    """The models' switch: True for CUDA tensors when Triton is installed, not interpreting, not
+    switched off and not inside a torch.compile trace (the compiled decode step keeps the PyTorch
+    ops it was measured with). CPU forwards never change."""
+    if not (t.is_cuda and _Switch.enabled and installed()) or interpreting():
+        return False
+    return not torch.compiler.is_compiling()
 
 
 def describe() -> str:
