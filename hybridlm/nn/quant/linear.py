@@ -125,7 +125,7 @@ class QuantLinear(nn.Module):
     def _triton_here(self, x: torch.Tensor) -> bool:
         """CUDA weights and activations, kernel not forced to "ref", a format the Triton kernel reads
         (int4, int8; exact mode's arithmetic: activations are not quantized on the GPU path)."""
-        if self.requested == "ref" or not self.codes.is_cuda or not triton_support.use_triton(x):
+        if self.requested == "ref" or self.codes.device != x.device or not triton_support.use_triton(x):
             return False
         from ...kernels.qmatmul_triton import unsupported_reason
 
