@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
+# the Triton extra goes with the tests: its kernels are proven on the CPU by Triton's interpreter
+if [ "${1:-}" = "--test" ]; then extras="[test,triton]"; fi
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 log=.venv/setup.log
 : > "$log"
