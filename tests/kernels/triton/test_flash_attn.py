@@ -106,3 +106,15 @@ def test_wrong_device_says_where_it_runs(monkeypatch):
     q = torch.randn(1, 2, 8, 16)
     with pytest.raises(ValueError, match="CUDA tensors"):
         fa.flash_attn(q, q, q)
+
+
+def test_custom_op_has_a_fake_implementation():
+    # torch.compile and the engine see one op: shapes known without running Triton
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        q, k = torch.empty(2, 4, 33, 64), torch.empty(2, 2, 40, 64)
+        o, lse = torch.ops.hybridlm.flash_attn_fwd(q, k, k, None, None, 33, 40, True, 0, 0.125)
+        assert o.shape == q.shape and lse.shape == (2, 4, 33)
+        packed = torch.empty(50, 4, 64)
+        o, lse = torch.ops.hybridlm.flash_attn_fwd(packed, packed, packed, torch.empty(3, dtype=torch.int32),
+                                                   torch.empty(3, dtype=torch.int32), 30, 30, False, 0, 0.125)
+        assert o.shape == packed.shape and lse.shape == (4, 50)
