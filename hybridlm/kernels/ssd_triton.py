@@ -52,7 +52,7 @@ if triton is not None:
     @triton.jit
     def _chunk_state(X, DT, BM, CUM, STATES, T, n_rep,
                      sxb, sxt, sxh, sdb, sdt, sdh, sbb, sbt, sbg, scb, sch, scc, ssb, ssc, ssh,
-                     L: tl.constexpr, P: tl.constexpr, N: tl.constexpr):
+                     L: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_K: tl.constexpr):
         b = tl.program_id(0)
         c = tl.program_id(1)
         h = tl.program_id(2)
@@ -60,17 +60,19 @@ if triton is not None:
         t = c * L + offs_l
         live = t < T
         offs_p = tl.arange(0, P)
-        offs_n = tl.arange(0, N)
         x = tl.load(X + b * sxb + t[:, None] * sxt + h * sxh + offs_p[None, :], mask=live[:, None], other=0.0)
-        bm = tl.load(BM + b * sbb + t[:, None] * sbt + (h // n_rep) * sbg + offs_n[None, :], mask=live[:, None],
-                     other=0.0)
         dt = tl.load(DT + b * sdb + t * sdt + h * sdh, mask=live, other=0.0).to(tl.float32)
         cum = tl.load(CUM + b * scb + h * sch + c * scc + offs_l)
         last = tl.load(CUM + b * scb + h * sch + c * scc + L - 1)
         w = tl.exp(tl.minimum(last - cum, 0.0)) * dt  # (L,)
-        xw = x.to(tl.float32) * w[:, None]
-        state = tl.dot(tl.trans(xw), bm.to(tl.float32), input_precision="ieee")  # (P, N)
-        tl.store(STATES + b * ssb + c * ssc + h * ssh + offs_p[:, None] * N + offs_n[None, :], state)
+        xw = tl.trans(x.to(tl.float32) * w[:, None])  # (P, L)
+        # the state's N columns BLOCK_K at a time: (P, L) x (L, BLOCK_K) tiles, not one (L, N) operand
+        for n0 in range(0, N, BLOCK_K):
+            offs_n = n0 + tl.arange(0, BLOCK_K)
+            bm = tl.load(BM + b * sbb + t[:, None] * sbt + (h // n_rep) * sbg + offs_n[None, :], mask=live[:, None],
+                         other=0.0)
+            state = tl.dot(xw, bm.to(tl.float32), input_precision="ieee")  # (P, BLOCK_K)
+            tl.store(STATES + b * ssb + c * ssc + h * ssh + offs_p[:, None] * N + offs_n[None, :], state)
 
     @triton.jit
     def _state_passing(STATES, CUM, INIT, STATES_IN, FINAL, n_chunks,
@@ -94,7 +96,7 @@ if triton is not None:
     @triton.jit
     def _chunk_scan(X, DT, BM, CM, CUM, STATES_IN, Y, T, n_rep,
                     sxb, sxt, sxh, sdb, sdt, sdh, sbb, sbt, sbg, scb, sch, scc, ssb, ssc, ssh, syb, syt, syh,
-                    L: tl.constexpr, P: tl.constexpr, N: tl.constexpr):
+                    L: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_K: tl.constexpr):
         b = tl.program_id(0)
         c = tl.program_id(1)
         h = tl.program_id(2)
@@ -102,22 +104,28 @@ if triton is not None:
         t = c * L + offs_l
         live = t < T
         offs_p = tl.arange(0, P)
-        offs_n = tl.arange(0, N)
         g = h // n_rep
-        cm = tl.load(CM + b * sbb + t[:, None] * sbt + g * sbg + offs_n[None, :], mask=live[:, None], other=0.0)
-        bm = tl.load(BM + b * sbb + t[:, None] * sbt + g * sbg + offs_n[None, :], mask=live[:, None], other=0.0)
         x = tl.load(X + b * sxb + t[:, None] * sxt + h * sxh + offs_p[None, :], mask=live[:, None], other=0.0)
         dt = tl.load(DT + b * sdb + t * sdt + h * sdh, mask=live, other=0.0).to(tl.float32)
         cum = tl.load(CUM + b * scb + h * sch + c * scc + offs_l)
-        cm = cm.to(tl.float32)
-        scores = tl.dot(cm, tl.trans(bm.to(tl.float32)), input_precision="ieee")  # (L, L): C_t . B_s
+        # C_t . B_s (L, L) and C_t . h_c (L, P), the state dimension N taken BLOCK_K at a time so no
+        # (L, N) operand has to sit in shared memory whole
+        scores = tl.zeros([L, L], dtype=tl.float32)
+        y_state = tl.zeros([L, P], dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_K):
+            offs_n = n0 + tl.arange(0, BLOCK_K)
+            rows = b * sbb + t[:, None] * sbt + g * sbg + offs_n[None, :]
+            cm = tl.load(CM + rows, mask=live[:, None], other=0.0).to(tl.float32)
+            bm = tl.load(BM + rows, mask=live[:, None], other=0.0).to(tl.float32)
+            s_in = tl.load(STATES_IN + b * ssb + c * ssc + h * ssh + offs_p[:, None] * N + offs_n[None, :])  # (P, K)
+            scores += tl.dot(cm, tl.trans(bm), input_precision="ieee")
+            y_state += tl.dot(cm, tl.trans(s_in), input_precision="ieee")
         # exp of min(., 0): above the diagonal the difference is positive and masked anyway
         decay = tl.exp(tl.minimum(cum[:, None] - cum[None, :], 0.0))
         keep = offs_l[:, None] >= offs_l[None, :]
         weights = tl.where(keep, scores * decay * dt[None, :], 0.0)
         y = tl.dot(weights, x.to(tl.float32), input_precision="ieee")  # (L, P)
-        s_in = tl.load(STATES_IN + b * ssb + c * ssc + h * ssh + offs_p[:, None] * N + offs_n[None, :])  # (P, N)
-        y += tl.exp(cum)[:, None] * tl.dot(cm, tl.trans(s_in), input_precision="ieee")
+        y += tl.exp(cum)[:, None] * y_state
         tl.store(Y + b * syb + t[:, None] * syt + h * syh + offs_p[None, :], y, mask=live[:, None])
 
     @triton.jit
@@ -173,16 +181,19 @@ def _ssd_forward(x, dt, A, B, C, chunk_size: int, initial_state):
         sb = (B.stride(0), B.stride(1), B.stride(2))
     sc = cum.stride()[:3]
     ss = states.stride()[:3]
-    warps = 1 if triton_support.interpreting() else 4
+    interp = triton_support.interpreting()
+    warps = 1 if interp else (8 if L >= 128 else 4)
+    block_k = min(n, 16 if interp else 32)
     _chunk_cumsum[(b, n_c, h)](dt, A, cum, t, *sd, *sc, L=L)
     _chunk_state[(b, n_c, h)](x, dt, B, cum, states, t, rep, *sx, *sd, *sb, *sc, *ss, L=L, P=p, N=n,
-                              num_warps=warps)
+                              BLOCK_K=block_k, num_warps=warps)
     block = min(1024, p * n)
     _state_passing[(b, h, triton.cdiv(p * n, block))](
         states, cum, init, states_in, final, n_c, *ss, *sc, init.stride(0), init.stride(1), final.stride(0),
         final.stride(1), L=L, PN=p * n, BLOCK=block, HAS_INIT=initial_state is not None)
     _chunk_scan[(b, n_c, h)](x, dt, B, C, cum, states_in, y, t, rep, *sx, *sd, *sb, *sc, *ss,
-                             y.stride(0), y.stride(1), y.stride(2), L=L, P=p, N=n, num_warps=warps)
+                             y.stride(0), y.stride(1), y.stride(2), L=L, P=p, N=n, BLOCK_K=block_k,
+                             num_warps=warps)
     return y, final
 
 

@@ -40,7 +40,10 @@ def test_scan_matches_the_recurrence_values_and_gradients(with_state):
 
 
 def test_scan_in_one_call_equals_two_calls_passing_the_state():
-    x, dt, A, B, C, _ = [v.detach() for v in _inputs(t=48, seed=3)]
+    # state size 32: the kernels take N in two blocks of 16 here
+    x, dt, A, B, C, _ = [v.detach() for v in _inputs(t=48, n=32, seed=3)]
+    torch.testing.assert_close(st.ssd_scan_triton(x, dt, A, B, C, 16)[0], ssd_scan_ref(x, dt, A, B, C)[0],
+                               atol=1e-4, rtol=1e-4)
     y, final = st.ssd_scan_triton(x, dt, A, B, C, 16)
     y1, s1 = st.ssd_scan_triton(x[:, :20], dt[:, :20], A, B[:, :20], C[:, :20], 16)
     y2, s2 = st.ssd_scan_triton(x[:, 20:], dt[:, 20:], A, B[:, 20:], C[:, 20:], 16, s1)
