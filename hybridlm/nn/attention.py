@@ -128,7 +128,7 @@ class Attention(nn.Module):
         qk, v = self.wqkv(x).view(b, t, h + 2 * h_kv, d).split((h + h_kv, h_kv), dim=2)  # (B, T, H*, D)
         if self.q_norm is not None:  # Qwen3 normalises each head before RoPE
             qk = torch.cat((self.q_norm(qk[:, :, :h]), self.k_norm(qk[:, :, h:])), dim=2)
-        if inputs.cos is not None and triton_support.use_triton(qk):  # one fused pass on CUDA
+        if inputs.cos is not None and not d & (d - 1) and triton_support.use_triton(qk):  # one fused pass on CUDA
             from ..kernels.fused_ops import rope_triton
 
             qk = rope_triton(qk, inputs.cos, inputs.sin)
