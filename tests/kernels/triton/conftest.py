@@ -1,7 +1,8 @@
 """Triton kernel tests: on a CPU machine they run in Triton's interpreter, on a GPU compiled.
 
-TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any test module
-imports a kernel module. Without the `[triton]` extra every test here skips and says why.
+TRITON_INTERPRET is read when triton is first imported (torch.compile may import it long before
+these tests), so tests/conftest.py sets it for the whole run; it is repeated here for runs rooted
+in this folder. Without the `[triton]` extra every test here skips and says why.
 """
 
 import os
