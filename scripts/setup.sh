@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test,ray]"; fi
+# the Ray extra (`data prepare --engine ray`) and the Triton extra (its kernels are proven on the CPU
+# by Triton's interpreter) go with the tests
+if [ "${1:-}" = "--test" ]; then extras="[test,ray,triton]"; fi
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 log=.venv/setup.log
 : > "$log"

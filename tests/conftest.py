@@ -1,8 +1,16 @@
 """Fixtures shared across the test tree."""
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported (its own library functions are decorated
+# then), and torch.compile imports it, so a CPU machine sets it here, before any test runs: the
+# kernels of tests/kernels/triton then run in Triton's CPU interpreter. CPU models never use Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

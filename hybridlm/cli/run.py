@@ -443,6 +443,9 @@ def cmd_info(args) -> int:
     from ..kernels import qmatmul
 
     info["quant_kernels"] = qmatmul.describe()  # the native low-bit path quantized layers run here
+    from ..kernels import triton_support
+
+    info["gpu_kernels"] = triton_support.describe()  # the Triton kernels CUDA forwards take
     if args.json:
         print(json.dumps(info))
         return 0
@@ -455,6 +458,7 @@ def cmd_info(args) -> int:
     print(f"dtype           {args.dtype}")
     print(f"weights         {mem.weight_bytes / mib:,.1f} MiB")
     print(f"quant kernels   {qmatmul.summary_line(info['quant_kernels'])}")
+    print(f"gpu kernels     {info['gpu_kernels']}")
     if quant:
         q_ratio = quant["quantized_bytes"] / max(quant["quantized_float32_bytes"], 1)
         t_ratio = quant["total_bytes"] / max(quant["float32_total_bytes"], 1)

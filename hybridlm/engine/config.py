@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 SCHEDULING = ("continuous", "static")
-ATTENTION_IMPLS = ("auto", "native", "gather", "ref")
+ATTENTION_IMPLS = ("auto", "native", "triton", "gather", "ref")
 
 
 class ConfigError(ValueError):
@@ -29,8 +29,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # reuse KV blocks (and Mamba snapshots) of identical prefixes
     scheduling: str = "continuous"  # "continuous" (vLLM v1) or "static" (a batch waits for its longest member)
     max_queue: int = 1024  # waiting requests beyond which add_request raises QueueFullError
-    attention: str = "auto"  # paged attention: "native" (C++ op), "gather" (per-sequence SDPA over a
-    # gathered copy), "ref" (explicit softmax); "auto" = native on CPU, gather elsewhere
+    attention: str = "auto"  # paged attention: "native" (C++ op), "triton" (CUDA kernel, split-K), "gather"
+    # (per-sequence SDPA over a gathered copy), "ref" (explicit softmax); "auto" = native on CPU,
+    # triton on CUDA with the [triton] extra, gather elsewhere
     snapshot_interval: int = 0  # hybrids: also snapshot the Mamba state every this many blocks of a
     # prompt (0 = only at the caller's positions, shared-prefix junctions and turn ends)
     speculative: str | None = None  # speculative decoding: "prompt-lookup[:MAX_NGRAM]"; None = off (speculative.py)

@@ -22,6 +22,7 @@ from ..generation.sampling import make_generator
 from ..generation.stopping import tokens_before
 from ..kernels import paged_attention as native
 from ..tokenizer import Tokenizer
+from ..kernels import triton_support
 from .block_pool import BlockPool
 from .capacity import Capacity, capacity, n_blocks_for, state_bytes_per_seq
 from .config import ConfigError, EngineConfig
@@ -37,8 +38,13 @@ from .speculative import Speculator
 def _resolve_attention(config: EngineConfig, model) -> str:
     impl = config.attention
     cpu_f32 = model.device.type == "cpu" and model.dtype == torch.float32
+    probe = torch.empty(0, device=model.device)
     if impl == "auto":
-        impl = "native" if cpu_f32 else "gather"
+        d = model.config.head_dim
+        triton_ok = triton_support.use_triton(probe) and d >= 16 and not d & (d - 1)
+        impl = "native" if cpu_f32 else ("triton" if triton_ok else "gather")
+    if impl == "triton" and not triton_support.runs_on(probe):
+        raise ConfigError("the Triton paged attention runs on CUDA with the [triton] extra; use attention='gather'")
     if impl == "native":
         if not cpu_f32:
             raise ConfigError("the native paged attention op runs float32 on the CPU; use attention='gather'")

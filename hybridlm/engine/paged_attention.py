@@ -5,7 +5,8 @@ chunk's tokens. Each layer writes its new K/V into its pool (paged_cache.py) and
 function built here, which gives every query the keys of its own sequence only:
 
   decode tokens  -> `paged_decode_attention` over the block tables ("native" C++ op, reading the
-                    blocks in place), or a padded gather + SDPA ("gather"), or the reference;
+                    blocks in place; "triton" its CUDA twin, kernels/paged_decode_triton.py), or a
+                    padded gather + SDPA ("gather"), or the reference;
   prefill chunk  -> its sequence's rows gathered into a contiguous (1, H_kv, S, D) cache, then
                     SDPA with a causal mask offset by the tokens already cached (one copy of
                     one sequence, amortised over the chunk's many queries).
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 from ..kernels import paged_attention as native
 from ..nn.attention import allowed_keys, attention_ref, attention_sdpa
 
-IMPLS = ("native", "gather", "ref")
+IMPLS = ("native", "triton", "gather", "ref")
 
 
 @dataclass
@@ -68,6 +69,10 @@ def _decode(q, k_pool, v_pool, batch: DecodeBatch, block_size: int, window: int 
     if impl == "native":
         return native.paged_decode_attention(q.contiguous(), k_pool, v_pool, batch.block_tables, batch.ctx_lens,
                                              block_size, window)
+    if impl == "triton":
+        from ..kernels.paged_decode_triton import paged_decode_attention_triton
+
+        return paged_decode_attention_triton(q, k_pool, v_pool, batch.block_tables, batch.ctx_lens, block_size, window)
     if impl == "gather":
         return _decode_gather(q, k_pool, v_pool, batch, block_size, window)
     return native.paged_decode_attention_ref(q, k_pool, v_pool, batch.block_tables, batch.ctx_lens, block_size, window)

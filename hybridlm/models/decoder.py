@@ -159,7 +159,7 @@ class Decoder(nn.Module):
         elif self.config.position == "sinusoidal":
             x = x + sinusoidal_embedding(step.q_pos.clamp(min=0), self.config.d_model, x.dtype)
         x = self.embed_dropout(x)
-        inputs = self._attention_inputs(step, x.dtype)
+        inputs = self._attention_inputs(step, x.dtype, plain=cache is None and token_mask is None)
         slots = cache.slots if cache is not None else [None] * len(self.blocks)
         if between is not None:
             x = between(-1, x)
@@ -173,7 +173,9 @@ class Decoder(nn.Module):
             x = x[:, step.out_index]
         return self.lm_head(self.final_norm(x))
 
-    def _attention_inputs(self, step: CacheStep, dtype: torch.dtype) -> AttentionInputs:
+    def _attention_inputs(self, step: CacheStep, dtype: torch.dtype, plain: bool = False) -> AttentionInputs:
+        """plain: no cache and no padding, so a non-trivial mask is only the sliding window (which a
+        flash kernel rebuilds from indices: AttentionInputs.window)."""
         cos = sin = None
         if self.rope_inv_freq is not None:
             cos, sin = rope_cos_sin(self.rope_inv_freq, step.q_pos.clamp(min=0), dtype)
@@ -184,4 +186,6 @@ class Decoder(nn.Module):
             return AttentionInputs(None, False, cos, sin, step.attend)
         if step.trivial:
             return AttentionInputs(None, step.n_new > 1, cos, sin)
-        return AttentionInputs(allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window), False, cos, sin)
+        window = self.config.sliding_window if plain else None
+        return AttentionInputs(allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window), False, cos, sin,
+                               window=window)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..kernels import triton_support
 from .norms import RMSNorm
 from .positions import apply_rope
 
@@ -30,6 +31,8 @@ class AttentionInputs:
     cos, sin: RoPE tables (B, T, 1, D) from `rope_cos_sin`, or None for other position schemes.
     attend: None, or an attention function that replaces the layer's own for this forward (the
         serving engine's paged attention, which reads the block pools its cache slots return).
+    window: when not None, `mask` is exactly the causal mask cut to this sliding window, with no
+        padding and keys == queries, so a kernel may rebuild it from indices (flash attention).
     """
 
     mask: torch.Tensor | None
@@ -37,6 +40,7 @@ class AttentionInputs:
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
     attend: Callable | None = None
+    window: int | None = None
 
 
 def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -91,6 +95,19 @@ def attention_sdpa(q, k, v, mask: torch.Tensor | None, is_causal: bool, dropout_
 ATTENTION_IMPLS = {"ref": attention_ref, "sdpa": attention_sdpa}
 
 
+def flash_plan(q: torch.Tensor, k: torch.Tensor, inputs: AttentionInputs, dropout_p: float) -> tuple[bool, int] | None:
+    """(causal, window) when the Triton flash attention (kernels/flash_attn.py) can replace SDPA for
+    this call, else None: CUDA with the [triton] extra, no dropout, more than one query (decode
+    stays on SDPA), a supported head dim, and a mask it can rebuild from indices."""
+    if dropout_p or q.shape[2] == 1 or not triton_support.use_triton(q) or q.shape[-1] not in (16, 32, 64, 128):
+        return None
+    if inputs.mask is None:
+        return inputs.is_causal, 0
+    if inputs.window is not None and q.shape[2] == k.shape[2]:
+        return True, inputs.window
+    return None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -111,7 +128,11 @@ class Attention(nn.Module):
         qk, v = self.wqkv(x).view(b, t, h + 2 * h_kv, d).split((h + h_kv, h_kv), dim=2)  # (B, T, H*, D)
         if self.q_norm is not None:  # Qwen3 normalises each head before RoPE
             qk = torch.cat((self.q_norm(qk[:, :, :h]), self.k_norm(qk[:, :, h:])), dim=2)
-        if inputs.cos is not None:  # q and k rotate as one tensor: half the small ops of a decode step
+        if inputs.cos is not None and not d & (d - 1) and triton_support.use_triton(qk):  # one fused pass on CUDA
+            from ..kernels.fused_ops import rope_triton
+
+            qk = rope_triton(qk, inputs.cos, inputs.sin)
+        elif inputs.cos is not None:  # q and k rotate as one tensor: half the small ops of a decode step
             qk = apply_rope(qk, inputs.cos, inputs.sin)
         q, k = qk.split((h, h_kv), dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
@@ -119,5 +140,11 @@ class Attention(nn.Module):
             k, v = slot.update(k, v)  # (B, H_kv, S, D): everything this step attends over
         p = self.dropout if self.training else 0.0
         attend = self.attend if inputs.attend is None else inputs.attend
-        o = attend(q, k, v, inputs.mask, inputs.is_causal, p)  # (B, H, T, D)
+        plan = flash_plan(q, k, inputs, p) if attend is attention_sdpa else None
+        if plan is not None:  # CUDA training and prefill: the Triton flash kernel
+            from ..kernels.flash_attn import flash_attn
+
+            o = flash_attn(q, k, v, causal=plan[0], window=plan[1] or None)
+        else:
+            o = attend(q, k, v, inputs.mask, inputs.is_causal, p)  # (B, H, T, D)
         return self.wo(o.transpose(1, 2).reshape(b, t, h * d))

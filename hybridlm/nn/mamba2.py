@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..kernels import triton_support
 from .ssd import ssd_scan_chunked, ssd_scan_ref, ssd_scan_states, ssd_step
 
 
@@ -99,6 +100,14 @@ class Mamba2(nn.Module):
         y = self.norm(y.reshape(*y.shape[:-2], self.d_inner), z)  # still float32, as transformers has it
         return self.out_proj(y.to(dtype))
 
+    def _triton_scan(self, x: torch.Tensor, B: torch.Tensor) -> bool:
+        """Whether the Triton SSD kernels take this call: CUDA, the [triton] extra, supported sizes."""
+        if not triton_support.use_triton(x) or x.dtype == torch.float64:
+            return False
+        from ..kernels.ssd_triton import supported
+
+        return supported(x, B, self.chunk_size) is None
+
     def forward(self, hidden: torch.Tensor, slot=None, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Prefill: hidden (B, T, d_model) -> (B, T, d_model).
 
@@ -129,6 +138,10 @@ class Mamba2(nn.Module):
             final = states[:, -1]
         elif self.ssd_impl == "ref":
             y, final = ssd_scan_ref(x, dt, A, B, C, initial)
+        elif self._triton_scan(x, B):  # CUDA: the Triton chunked scan (kernels/ssd_triton.py)
+            from ..kernels.ssd_triton import ssd_scan_triton
+
+            y, final = ssd_scan_triton(x, dt, A, B, C, self.chunk_size, initial)
         else:
             y, final = ssd_scan_chunked(x, dt, A, B, C, self.chunk_size, initial)
         if slot is not None:
@@ -144,7 +157,12 @@ class Mamba2(nn.Module):
         if self.conv1d.bias is not None:
             xbc = xbc + self.conv1d.bias
         x, B, C, dt, A = self._ssm_inputs(F.silu(xbc), dt)
-        y, state = ssd_step(slot.ssm, x, dt, A, B, C)
+        if self.ssd_impl != "ref" and self._triton_scan(x, B):
+            from ..kernels.ssd_triton import ssd_step_triton
+
+            y, state = ssd_step_triton(slot.ssm, x, dt, A, B, C)
+        else:
+            y, state = ssd_step(slot.ssm, x, dt, A, B, C)
         if slot.keeping:
             slot.keep(window[:, :, -1:], state[:, None])
         slot.ssm.copy_(state)

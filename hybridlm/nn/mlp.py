@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..kernels import triton_support
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -40,7 +41,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.w_in(x)
         act = _ACTIVATIONS[self.kind]
-        if is_glu(self.kind):
+        if self.kind == "swiglu" and triton_support.use_triton(h):  # one fused Triton pass on CUDA
+            from ..kernels.fused_ops import swiglu_triton
+
+            h = swiglu_triton(h)
+        elif is_glu(self.kind):
             gate, up = h.split(self.d_ff, dim=-1)
             h = act(gate) * up
         else:

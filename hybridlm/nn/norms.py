@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..kernels import triton_support
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -23,6 +24,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if triton_support.use_triton(x):  # one fused Triton pass on CUDA (kernels/fused_ops.py)
+            from ..kernels.fused_ops import rms_norm_triton
+
+            return rms_norm_triton(x, self.weight, self.eps)[0]
         if x.dtype == torch.float32:
             # one call with the weight: ~1.5x cheaper than norm, cast and scale as three, and a
             # decode step runs 2 norms per layer on a single row

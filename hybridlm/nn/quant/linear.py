@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...kernels import triton_support
 from .formats import QuantizedWeight
 
 KERNELS = ("auto", "native", "ref")
@@ -81,6 +82,7 @@ class QuantLinear(nn.Module):
         reason = None if kernel == "ref" else self._native_unavailable()
         if kernel == "native" and reason:
             raise ValueError(f"no native kernel for this layer: {reason}")
+        self.requested = kernel
         self.kernel, self.kernel_note = ("ref", reason or "") if kernel == "ref" or reason else ("native", "")
         if self.kernel == "native":
             from ...kernels import qmatmul
@@ -114,7 +116,20 @@ class QuantLinear(nn.Module):
         if self.kernel == "native" and x.device.type == "cpu" and not recorded:
             return torch.ops.hybridlm.qlinear(x, self.codes, self.scales, self.offsets, self.lut, self.bias,
                                               self.scale_tiles, self.fmt, self.group_size, self._act_mode)
+        if self._triton_here(x) and not recorded:  # CUDA: dequantize inside the Triton kernel
+            from ...kernels.qmatmul_triton import qlinear_triton
+
+            return qlinear_triton(x, self.codes, self.scales, self.offsets, self.bias, self.fmt, self.group_size)
         return quant_linear_ref(x, self.weight_q, self.bias)
+
+    def _triton_here(self, x: torch.Tensor) -> bool:
+        """CUDA weights and activations, kernel not forced to "ref", a format the Triton kernel reads
+        (int4, int8; exact mode's arithmetic: activations are not quantized on the GPU path)."""
+        if self.requested == "ref" or self.codes.device != x.device or not triton_support.use_triton(x):
+            return False
+        from ...kernels.qmatmul_triton import unsupported_reason
+
+        return unsupported_reason(self.fmt, self.group_size, self.scales, self.offsets) is None
 
     def extra_repr(self) -> str:
         if self.kernel == "native":
