@@ -30,6 +30,8 @@ class AttentionInputs:
     cos, sin: RoPE tables (B, T, 1, D) from `rope_cos_sin`, or None for other position schemes.
     attend: None, or an attention function that replaces the layer's own for this forward (the
         serving engine's paged attention, which reads the block pools its cache slots return).
+    segments: None, or (B, T) ids of packed examples; the mask already keeps attention inside each,
+        and Mamba mixers (which share these inputs through the block) run each example alone.
     """
 
     mask: torch.Tensor | None
@@ -37,18 +39,24 @@ class AttentionInputs:
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
     attend: Callable | None = None
+    segments: torch.Tensor | None = None
 
 
-def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None,
+                 segments: torch.Tensor | None = None) -> torch.Tensor:
     """Which keys each query may see. q_pos (B, T), k_pos (B, S); -1 marks padding or empty slots.
 
     A query sees a key at or before its own position and, with a window W, fewer than W back.
-    Padding queries see every slot so their (discarded) softmax stays finite. -> bool (B, 1, T, S)
+    segments (B, T), cache-free forwards only (S == T): also only keys of its own packed example
+    (the block-diagonal mask of packed training). Padding queries see every slot so their
+    (discarded) softmax stays finite. -> bool (B, 1, T, S)
     """
     q, k = q_pos[:, :, None], k_pos[:, None, :]
     ok = (k >= 0) & (k <= q)
     if window is not None:
         ok &= (q - k) < window
+    if segments is not None:
+        ok &= segments[:, :, None] == segments[:, None, :]
     ok |= (q < 0)
     return ok[:, None]
 
