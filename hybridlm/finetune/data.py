@@ -58,7 +58,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     return records
 
 
-def _check_messages(messages, where: str) -> list[dict]:
+def check_messages(messages, where: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
     for m in messages:
@@ -102,13 +102,13 @@ def encode_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], lis
 def encode_record(tokenizer, record: dict, where: str) -> tuple[list[int], list[bool]]:
     """One SFT line (messages, or prompt/completion as strings or message lists) -> (ids, trained)."""
     if "messages" in record:
-        return encode_conversation(tokenizer, _check_messages(record["messages"], where), where)
+        return encode_conversation(tokenizer, check_messages(record["messages"], where), where)
     if "prompt" in record and "completion" in record:
         prompt, completion = record["prompt"], record["completion"]
         if isinstance(prompt, str) and isinstance(completion, str):
             return encode_pair(tokenizer, prompt, completion)
         if isinstance(prompt, list) and isinstance(completion, list):
-            return encode_conversation(tokenizer, _check_messages(prompt + completion, where), where)
+            return encode_conversation(tokenizer, check_messages(prompt + completion, where), where)
         raise DataError(f"{where}: prompt and completion must both be strings or both message lists")
     raise DataError(f"{where}: expected 'messages', or 'prompt' and 'completion' (found {sorted(record)})")
 
@@ -183,8 +183,11 @@ class ExampleSet:
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
         return [self.examples[j] for j in self.rows[int(perm[k])]]
 
+    def _collate(self, rows: list[list]) -> SFTBatch:
+        return collate(rows, self.pad_id, self.packed)
+
     def batch(self, first: int, count: int) -> SFTBatch:
-        return collate([self._row(i) for i in range(first, first + count)], self.pad_id, self.packed)
+        return self._collate([self._row(i) for i in range(first, first + count)])
 
     def micro_batch(self, seen: int, global_batch: int, rank: int, world: int, micro: int, size: int) -> SFTBatch:
         """The same slicing of the global batch as train/data.TrainBatches."""
@@ -193,7 +196,7 @@ class ExampleSet:
     def validation_batches(self, n: int, rank: int, world: int, size: int) -> list[SFTBatch]:
         """Rows rank, rank + world, ... of the first n (all rows when n covers them), in file order."""
         mine = [[self.examples[j] for j in self.rows[i]] for i in range(rank, min(n, len(self.rows)), world)]
-        return [collate(mine[i:i + size], self.pad_id, self.packed) for i in range(0, len(mine), size)]
+        return [self._collate(mine[i:i + size]) for i in range(0, len(mine), size)]
 
 
 def split_held_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
