@@ -25,6 +25,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="decode through one torch.compile graph over a static cache: ~1.5-1.9x faster decoding "
                         "on the CPU (not MoE models); compiling takes ~1 min at start (less once inductor's disk cache is warm) "
                         "and the weights are held twice (once packed for prefill); ignores --linear")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter in PEFT's format (`hybridlm finetune lora` writes RUN_DIR/adapter): merged "
+                        "into float weights, or kept beside quantized ones")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
@@ -91,6 +94,8 @@ def _load(args):
     if family == "seq2seq" and (args.compile or getattr(args, "func", None) is not cmd_generate):
         raise ValueError(f"{loaded.name} is an encoder-decoder: it runs with `hybridlm generate` and without --compile")
     loaded.model.eval()
+    if getattr(args, "adapter", None):
+        _apply_adapter(loaded.model, args.adapter)
     _set_quant_kernels(loaded.model, args)
     if args.compile:
         _log("hybridlm: compiling the decode step (once per process; inductor caches its kernels on disk)")
@@ -104,6 +109,24 @@ def _load(args):
     pack_linears(loaded.model, choice)
     loaded.load_seconds += time.perf_counter() - start
     return loaded
+
+
+def _apply_adapter(model, path) -> None:
+    """Load a PEFT LoRA adapter onto `model`; merge it where the base is float (then the forward is the
+    plain model's, so packed linears and --compile apply), keep it unmerged over quantized layers."""
+    from ..finetune.lora import strip_lora
+    from ..finetune.peft_format import load_adapter
+    from ..nn.lora import lora_modules
+    from ..nn.quant import QuantLinear
+
+    lcfg = load_adapter(model, path)
+    wrappers = lora_modules(model)
+    if not any(isinstance(m.base, QuantLinear) for m in wrappers.values()):
+        strip_lora(model)
+        how = "merged into the weights"
+    else:
+        how = "beside the quantized weights"
+    _log(f"hybridlm: LoRA adapter {path} (r={lcfg.r}, {', '.join(lcfg.targets)}; {len(wrappers)} layers) {how}")
 
 
 def _set_quant_kernels(model, args) -> None:

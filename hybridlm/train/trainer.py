@@ -272,12 +272,13 @@ class Trainer:
         """Write a checkpoint (rank 0; every rank joins the gather). Returns the full model state
         dict on rank 0 ({} elsewhere) for the export."""
         model_sd, optim_sd = distributed.full_state(self.model, self.optimizer, self.ctx)
-        if self.ctx.is_main and self._trainable_only:  # adapters only: the frozen base is the source model's
-            trains = {n for n, p in distributed.unwrap(self.model).named_parameters() if p.requires_grad}
-            model_sd = {k: v for k, v in model_sd.items() if k in trains}
-        elif self.ctx.is_main:
+        if self.ctx.is_main:
+            if self._trainable_only:  # adapters only: the frozen base is the source model's
+                trains = {n for n, p in distributed.unwrap(self.model).named_parameters() if p.requires_grad}
+                model_sd = {k: v for k, v in model_sd.items() if k in trains}
             for alias, target in tied_pairs(self.model_cfg):  # FSDP gathers the tied matrix twice: store it once
-                model_sd[alias] = model_sd[target]
+                if target in model_sd:
+                    model_sd[alias] = model_sd[target]
             state = {"step": self.step, "samples_seen": self.samples_seen, "tokens_seen": self.samples_seen * self.cfg.seq_len,
                      "seed": self.cfg.seed, "world_size": self.world, "elapsed_s": elapsed,
                      "rng": "torch.manual_seed(step_seed(seed, step, rank)) at the start of every step",
