@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
     p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -25,9 +25,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="decode through one torch.compile graph over a static cache: ~1.5-1.9x faster decoding "
                         "on the CPU (not MoE models); compiling takes ~1 min at start (less once inductor's disk cache is warm) "
                         "and the weights are held twice (once packed for prefill); ignores --linear")
-    p.add_argument("--adapter", default=None, metavar="DIR",
-                   help="a LoRA adapter in PEFT's format (`hybridlm finetune lora` writes RUN_DIR/adapter): merged "
-                        "into float weights, or kept beside quantized ones")
+    if adapter:
+        p.add_argument("--adapter", default=None, metavar="DIR",
+                       help="a LoRA adapter in PEFT's format (`hybridlm finetune lora` writes RUN_DIR/adapter): "
+                            "merged into float weights, or kept beside quantized ones")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
@@ -94,7 +95,7 @@ def _load(args):
     if family == "seq2seq" and (args.compile or getattr(args, "func", None) is not cmd_generate):
         raise ValueError(f"{loaded.name} is an encoder-decoder: it runs with `hybridlm generate` and without --compile")
     loaded.model.eval()
-    if getattr(args, "adapter", None):
+    if isinstance(getattr(args, "adapter", None), str):  # generate/chat; serve serves adapters beside the base
         _apply_adapter(loaded.model, args.adapter)
     _set_quant_kernels(loaded.model, args)
     if args.compile:

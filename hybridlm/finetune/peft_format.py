@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -152,3 +153,11 @@ def _check_shapes(model: nn.Module, ours: dict, lcfg: LoraConfig, path) -> None:
             if tuple(t.shape) != want[k]:
                 raise LoraError(f"{path}: lora_{k} of {module} ({role}) is {tuple(t.shape)}, but this model's "
                                 f"layer needs {want[k]}: the adapter was made for a different base model")
+
+
+def adapter_copy(model: nn.Module, path: str | os.PathLike) -> tuple[nn.Module, LoraConfig]:
+    """A copy of `model` that shares every weight tensor with it and carries the adapter at `path`,
+    unmerged (so any number of adapters sit over one set of base weights). `model` is not changed."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    copy = deepcopy(model, shared)
+    return copy, load_adapter(copy, path)
