@@ -24,13 +24,15 @@ import torch
 from bench.common import emit_json, environment, print_table, progress
 
 
-def prepared(out: Path, max_docs: int) -> Path:
+def prepared(out: Path, max_docs: int, tokenizer: str) -> Path:
+    """The default corpus as token shards in the teacher's tokenizer (made once, then reused)."""
     from hybridlm.data.prepare import PrepareConfig, prepare
 
     data = out / "data"
     if not (data / "manifest.json").is_file():
         progress(f"distill_proof: preparing the default corpus ({max_docs} documents per source) into {data}")
-        prepare(data, PrepareConfig(default_corpus=True, max_docs=max_docs, show_progress=False), overwrite=True)
+        prepare(data, PrepareConfig(default_corpus=True, max_docs=max_docs, tokenizer=tokenizer, show_progress=False),
+                overwrite=True)
     return data
 
 
@@ -57,7 +59,7 @@ def main(argv=None) -> None:
     from hybridlm.train import TrainConfig, train
 
     out = Path(args.out)
-    data = prepared(out, args.max_docs)
+    data = prepared(out, args.max_docs, args.teacher)
     common = dict(preset=args.student, data_dir=str(data), max_steps=args.steps, seq_len=args.seq_len,
                   micro_batch_size=args.batch, lr=args.lr, warmup_steps=10, eval_every=0, eval_sequences=128,
                   save_every=0, plot=False, threads=args.threads, seed=0, export_hf=False)

@@ -22,7 +22,7 @@ from ..train.config import TrainConfig
 from ..train.recipe import Recipe
 from .distill import DistillConfig
 from .dpo import DPOConfig
-from .lora import DEFAULT_TARGETS, LoraConfig
+from .lora import LoraConfig
 
 METHODS = ("sft", "lora", "qlora", "dpo", "distill")
 QLORA_FORMATS = {"nf4": dict(method="nf4", group_size=64), "int4": dict(method="rtn", bits=4, group_size=32)}

@@ -173,15 +173,17 @@ class ExampleSet:
     def __init__(self, examples: list, seq_len: int, pad_id: int, packed: bool, seed: int, vocab_size: int):
         self.examples, self.packed, self.pad_id, self.seed = examples, packed, pad_id, seed
         self.rows = pack(examples, seq_len) if packed else [[i] for i in range(len(examples))]
-        self.vocab_size, self.manifest = vocab_size, {}
+        self.vocab_size = vocab_size
+        self._epoch, self._perm = -1, None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def _row(self, i: int) -> list:
         epoch, k = divmod(i, len(self.rows))
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
-        return [self.examples[j] for j in self.rows[int(perm[k])]]
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+        return [self.examples[j] for j in self.rows[int(self._perm[k])]]
 
     def _collate(self, rows: list[list]) -> SFTBatch:
         return collate(rows, self.pad_id, self.packed)

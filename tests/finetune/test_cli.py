@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 
 QUICK = ("--seq-len", "64", "--micro-batch-size", "4", "--warmup-steps", "1", "--eval-every", "0",
