@@ -16,7 +16,7 @@ from .train import _add_config_options
 # fine-tuning defaults of trainer fields (pre-training's are for runs from scratch)
 _DEFAULTS = dict(max_steps=100, seq_len=512, micro_batch_size=4, warmup_steps=10, weight_decay=0.0, eval_every=50,
                  save_every=50, eval_sequences=256, min_lr_ratio=0.1)
-_LR = {"sft": 2e-5, "lora": 2e-4, "qlora": 2e-4, "dpo": 5e-6, "distill": 1e-3}
+_LR = {"sft": 2e-5, "lora": 2e-4, "qlora": 2e-4, "dpo": 5e-5, "distill": 1e-3}  # dpo: for its default LoRA
 _SKIP = ("preset", "data_dir", "out_dir", "vocab_from_data", "qat", "export_hf", "label_smoothing")
 
 _HELP = {

@@ -152,6 +152,9 @@ class Trainer:
     def _trainable_only(self) -> bool:
         return self.recipe is not None and self.recipe.trainable_only
 
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in distributed.unwrap(self.model).named_parameters() if p.requires_grad}
+
     # -- run directory and resume --------------------------------------------------------------
     def _prepare_run_dir(self) -> Path | None:
         """Clean leftovers, refuse to overwrite a run unless resuming; the checkpoint to resume from."""
@@ -175,6 +178,9 @@ class Trainer:
             diff = {k: (v, getattr(self.model_cfg, k)) for k, v in saved_cfg.to_dict().items()
                     if getattr(self.model_cfg, k) != v}
             raise CheckpointError(f"{path}: the checkpoint's model differs from this run's (saved, now): {diff}")
+        if self._trainable_only and set(model_sd) != self._trainable_names():
+            raise CheckpointError(f"{path}: the checkpoint's trainable tensors differ from this run's (other LoRA "
+                                  "targets or rank?); resume with the settings it was started with")
         distributed.load_full_state(self.model, self.optimizer, model_sd, optim_sd, self.ctx,
                                     strict=not self._trainable_only)
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
@@ -274,7 +280,7 @@ class Trainer:
         model_sd, optim_sd = distributed.full_state(self.model, self.optimizer, self.ctx)
         if self.ctx.is_main:
             if self._trainable_only:  # adapters only: the frozen base is the source model's
-                trains = {n for n, p in distributed.unwrap(self.model).named_parameters() if p.requires_grad}
+                trains = self._trainable_names()
                 model_sd = {k: v for k, v in model_sd.items() if k in trains}
             for alias, target in tied_pairs(self.model_cfg):  # FSDP gathers the tied matrix twice: store it once
                 if target in model_sd:

@@ -31,6 +31,8 @@ def test_lora_trains_writes_a_peft_adapter_and_resumes_exactly(run_cli, tiny_cha
     assert run_cli(*args, "--out", tmp_path / "b", "--resume")[0] == 0
     resumed = [e["loss"] for e in _log(tmp_path / "b") if e["type"] == "train"]
     assert resumed == straight
+    code, out, err = run_cli(*args, "--out", tmp_path / "b", "--resume", "--max-steps", "6", "--target", "q")
+    assert code == 1 and "trainable tensors differ" in err
 
 
 def test_generate_with_adapter_matches_the_library(run_cli, tiny_chat_model, sft_jsonl, tmp_path):
