@@ -114,3 +114,18 @@ def test_distill_refuses_another_tokenizer_and_trains_a_hybrid_student(run_cli, 
     assert code == 0, err
     log = _log(tmp_path / "s")
     assert {"ce", "kl", "hidden_mse"} <= set(log[0]) and json.loads(out)["exported"] == "nemotron_h"
+
+
+def test_sft_with_packing_exports_a_loadable_model(run_cli, tiny_chat_model, sft_jsonl, tmp_path):
+    from hybridlm.checkpoints.registry import load_model
+
+    code, out, err = run_cli("finetune", "sft", tiny_chat_model, "--data", sft_jsonl, "--out", tmp_path / "s",
+                             "--packing", "--max-steps", "3", "--lr", "1e-3", *QUICK, "--seq-len", "256", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["exported"] == "llama" and summary["rows"] < summary["train_examples"]  # packed
+    assert summary["val_loss"] is not None
+    tuned, base = load_model(tmp_path / "s" / "model"), load_model(tiny_chat_model)
+    assert tuned.tokenizer.chat_template == base.tokenizer.chat_template
+    changed = [k for k, v in tuned.model.state_dict().items() if not torch.equal(v, base.model.state_dict()[k])]
+    assert changed  # every weight trains in sft
