@@ -186,8 +186,7 @@ def _build_distill(fcfg: FinetuneConfig, tcfg: TrainConfig, device):
     width = teacher.model.config.d_model if fcfg.distill.hidden_weight > 0 else None
     model = Student(student, width).to(device)
     objective = DistillObjective(teacher.model, fcfg.distill)
-    info = {"teacher_params": sum(p.numel() for p in teacher.model.parameters()),
-            "student_params": sum(p.numel() for p in student.parameters())}
+    info = {"student_params": sum(p.numel() for p in student.parameters())}
     return model, Recipe(train_data, val_data, objective, export=_model_export(data_tok)), info
 
 
