@@ -51,6 +51,8 @@ class CacheStep:
         blocks). Same signature as `attention_sdpa`.
     out_index: None, or the token columns (K,) int64 whose logits the forward returns (the engine's
         flattened batch: the last token of each sequence), so the LM head skips the others.
+    segments: None, or (B, T) int64 ids of the examples packed into each row (training on packed
+        sequences, no cache): positions restart at each example and nothing crosses a boundary.
     """
 
     q_pos: torch.Tensor
@@ -59,6 +61,7 @@ class CacheStep:
     n_new: int
     attend: Callable | None = None
     out_index: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
 
 
 class KVSlot:

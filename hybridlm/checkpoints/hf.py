@@ -152,6 +152,14 @@ def _rules(cfg: ModelConfig, arch: str) -> list[Rule]:
     return rules
 
 
+def hf_linear_names(cfg: ModelConfig, arch: str) -> dict[str, tuple[str, ...]]:
+    """Our linear module -> the HF module(s) it is made of, in row order (e.g. blocks.0.mixer.wqkv ->
+    (model.layers.0.self_attn.q_proj, ...k_proj, ...v_proj)): where an adapter format such as PEFT's
+    names the layers it adapts. Only weights whose HF tensors are not transposed (GPT-2's Conv1D is)."""
+    return {r.ours.removesuffix(".weight"): tuple(h.removesuffix(".weight") for h in r.hf)
+            for r in _rules(cfg, arch) if r.ours.endswith(".weight") and not r.transpose}
+
+
 def _split_sizes(rule: Rule, cfg: ModelConfig) -> list[int]:
     if "wqkv" in rule.ours:
         return [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, compress, data, embed, eval, prune, quantize, rag, run, serve, train
+from . import analyze, compress, data, embed, eval, finetune, prune, quantize, rag, run, serve, train
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-GROUPS = (run, train, data, analyze, quantize, prune, compress, serve, embed, rag, eval)  # each module has register(subparsers); its commands set `func`
+GROUPS = (run, train, finetune, data, analyze, quantize, prune, compress, serve, embed, rag, eval)  # each module has register(subparsers); its commands set `func`
 
 
 def build_parser() -> argparse.ArgumentParser:

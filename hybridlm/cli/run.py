@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
     p.add_argument("model", help="a registry name (e.g. smollm2-135m), a .gguf file or an HF checkpoint directory")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -26,6 +26,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="decode through one torch.compile graph over a static cache: ~1.5-1.9x faster decoding "
                         "on the CPU (not MoE models); compiling takes ~1 min at start (less once inductor's disk cache is warm) "
                         "and the weights are held twice (once packed for prefill); ignores --linear")
+    if adapter:
+        p.add_argument("--adapter", default=None, metavar="DIR",
+                       help="a LoRA adapter in PEFT's format (`hybridlm finetune lora` writes RUN_DIR/adapter): "
+                            "merged into float weights, or kept beside quantized ones")
 
 
 def _add_decode_step_arg(p: argparse.ArgumentParser) -> None:
@@ -108,6 +112,8 @@ def _load(args):
     if args.compile and getattr(loaded.model, "vision_config", None) is not None:
         raise ValueError(f"{loaded.name} is a vision-language model: it runs eager (drop --compile)")
     loaded.model.eval()
+    if isinstance(getattr(args, "adapter", None), str):  # generate/chat; serve serves adapters beside the base
+        _apply_adapter(loaded.model, args.adapter)
     if tp > 1:
         _split(loaded.model, tp, device)
         return loaded
@@ -141,6 +147,24 @@ def _split(model, tp: int, device) -> None:
     if dist.get_world_size() != tp:
         raise ValueError(f"--tp {tp} needs exactly {tp} processes, torchrun started {dist.get_world_size()}")
     parallelize_for_inference(model, build_mesh(Layout(tp=tp), device)["tp"])
+
+
+def _apply_adapter(model, path) -> None:
+    """Load a PEFT LoRA adapter onto `model`; merge it where the base is float (then the forward is the
+    plain model's, so packed linears and --compile apply), keep it unmerged over quantized layers."""
+    from ..finetune.lora import strip_lora
+    from ..finetune.peft_format import load_adapter
+    from ..nn.lora import lora_modules
+    from ..nn.quant import QuantLinear
+
+    lcfg = load_adapter(model, path)
+    wrappers = lora_modules(model)
+    if not any(isinstance(m.base, QuantLinear) for m in wrappers.values()):
+        strip_lora(model)
+        how = "merged into the weights"
+    else:
+        how = "beside the quantized weights"
+    _log(f"hybridlm: LoRA adapter {path} (r={lcfg.r}, {', '.join(lcfg.targets)}; {len(wrappers)} layers) {how}")
 
 
 def _set_quant_kernels(model, args) -> None:

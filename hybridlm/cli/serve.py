@@ -26,9 +26,26 @@ def cmd_serve(args) -> int:
         enable_prefix_caching=not args.no_prefix_caching, scheduling=args.scheduling, max_queue=args.max_queue,
         speculative=args.speculative, num_speculative_tokens=args.num_speculative_tokens)
     loaded = _load(args)
-    ctx = build_context(loaded.model, loaded.tokenizer, serve_config, engine_config)
-    print(f"hybridlm serve: loaded {loaded.name} in {loaded.load_seconds:.1f} s", file=sys.stderr, flush=True)
+    adapters = _adapters(loaded.model, args.adapter, serve_config.model_name)
+    ctx = build_context(loaded.model, loaded.tokenizer, serve_config, engine_config, adapters)
+    print(f"hybridlm serve: loaded {loaded.name} in {loaded.load_seconds:.1f} s"
+          + (f"; LoRA adapters served as {', '.join(adapters)}" if adapters else ""), file=sys.stderr, flush=True)
     return serve(ctx, loaded.name)
+
+
+def _adapters(model, specs: list[str], base_name: str) -> dict:
+    """NAME=DIR options -> {NAME: a copy of the model sharing its weights, with that adapter}."""
+    from ..finetune.peft_format import adapter_copy
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter takes NAME=DIR, not {spec!r}")
+        if name in out or name == base_name:
+            raise ValueError(f"--adapter name {name!r} is used twice (the base model is served as {base_name!r})")
+        out[name] = adapter_copy(model, path)[0].eval()
+    return out
 
 
 def register(sub) -> None:
@@ -40,7 +57,12 @@ def register(sub) -> None:
                     "chat playground at /. Requests are batched continuously by the engine; identical prompt "
                     "prefixes are computed once. Binds 127.0.0.1 unless --host says otherwise. Stops cleanly "
                     "on SIGTERM or Ctrl-C.")
-    _add_model_args(p)
+    _add_model_args(p, adapter=False)
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="also serve the base with this LoRA adapter (PEFT format) as model id NAME: a request's "
+                        "`model` field picks the base or an adapter (repeatable). The base weights are shared; "
+                        "each adapter gets an engine of its own (its requests batch together) with its own "
+                        "--kv-memory")
     p.set_defaults(cache="static")  # what the shared model loading expects; the engine has its own cache
 
     http = p.add_argument_group("HTTP")

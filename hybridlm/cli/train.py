@@ -39,11 +39,14 @@ def _override(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
+def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
+    """One option per TrainConfig field (those in `skip` left out; `defaults` replace the dataclass's)."""
     from ..train.config import PRECISIONS, TrainConfig
 
     docs = _field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = _RENAMED.get(f.name, "--" + f.name.replace("_", "-"))
         help_text = docs.get(f.name, "")
         if f.name == "model_overrides":
@@ -56,7 +59,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                 p.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
-            default = None if f.default is dataclasses.MISSING else f.default
+            default = None if f.default is dataclasses.MISSING else (defaults or {}).get(f.name, f.default)
             extra = {"choices": PRECISIONS} if f.name == "precision" else {}
             suffix = "" if f.name in _REQUIRED or default is None else f" (default {default})"
             p.add_argument(flag, dest=f.name, type=kind, default=default, required=f.name in _REQUIRED,

@@ -44,6 +44,8 @@ class Block(nn.Module):
             h = self.mixer(h, inputs, slot)
         elif self.kind == "moe":  # padding takes no expert capacity; utilisation goes to moe_stats
             h = self.mixer(h, token_mask, moe_stats)
+        elif self.kind == "mamba" and inputs.segments is not None:
+            h = self.mixer.forward_packed(h, inputs.segments)  # no state crosses a packed boundary
         elif self.kind == "mamba" and getattr(slot, "varlen", False):
             h = slot.forward_varlen(self.mixer, h)  # the engine's flattened batch: the slot splits it per sequence
         elif self.kind == "mamba":  # decode from the slot's state, or prefill (padding kept out of it)
@@ -55,9 +57,25 @@ class Block(nn.Module):
         return self.norm(x) if self.post_norm else x
 
 
+def packed_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids of packed examples (equal ids contiguous) -> positions restarting at 0 in each."""
+    t = segments.shape[1]
+    idx = torch.arange(t, device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # start of each token's example
+    return idx - first
+
+
 def positions_without_cache(cfg: ModelConfig, batch: int, n_tokens: int,
-                            attention_mask: torch.Tensor | None, device) -> CacheStep:
-    """The CacheStep of a cache-free forward: keys are the tokens themselves."""
+                            attention_mask: torch.Tensor | None, device,
+                            segments: torch.Tensor | None = None) -> CacheStep:
+    """The CacheStep of a cache-free forward: keys are the tokens themselves. segments: see `forward`."""
+    if segments is not None:
+        if attention_mask is not None:
+            raise ValueError("packed segments and an attention mask do not combine: pad packed rows at the end")
+        pos = packed_positions(segments.to(device))
+        return CacheStep(q_pos=pos, k_pos=pos, trivial=False, n_new=n_tokens, segments=segments.to(device))
     if attention_mask is None:
         pos = torch.arange(n_tokens, device=device).expand(batch, n_tokens)
         trivial = True
@@ -122,16 +140,21 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None, last_only: bool = False,
                 moe_stats: MoEStats | None = None, embeds: torch.Tensor | None = None,
-                between: Callable | None = None) -> torch.Tensor:
+                between: Callable | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) int64 -> logits (B, T, V), or (B, 1, V) with last_only.
 
         cache: appended to in place. attention_mask (B, T): 1 for real tokens, 0 for (left) padding.
         moe_stats: if given, each MoE block appends its expert utilisation and load-balancing loss.
         embeds, between: how a vision-language model (multimodal/) sees in; see `forward_planned`.
+        segments (B, T) int64, training without a cache: ids of the examples packed into each row
+        (equal ids contiguous); each token attends, and each Mamba state runs, within its example
+        only, and positions restart at every example: logits as if each ran alone.
         """
         b, t = input_ids.shape
+        if segments is not None and cache is not None:
+            raise ValueError("packed segments are for cache-free (training) forwards")
         if cache is None:
-            step = positions_without_cache(self.config, b, t, attention_mask, input_ids.device)
+            step = positions_without_cache(self.config, b, t, attention_mask, input_ids.device, segments)
         else:
             step = cache.plan(t, attention_mask)
         token_mask = None if attention_mask is None else step.q_pos >= 0
@@ -180,12 +203,13 @@ class Decoder(nn.Module):
         if self.rope_inv_freq is not None:
             cos, sin = rope_cos_sin(self.rope_inv_freq, step.q_pos.clamp(min=0), dtype)
         if self.alibi_slopes is not None:
-            allowed = allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window)
-            return AttentionInputs(alibi_bias(allowed, step.q_pos, step.k_pos, self.alibi_slopes), False, cos, sin)
+            allowed = allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window, step.segments)
+            return AttentionInputs(alibi_bias(allowed, step.q_pos, step.k_pos, self.alibi_slopes), False, cos, sin,
+                                   segments=step.segments)
         if step.attend is not None:  # the engine's paged attention finds each sequence's keys itself
             return AttentionInputs(None, False, cos, sin, step.attend)
         if step.trivial:
             return AttentionInputs(None, step.n_new > 1, cos, sin)
-        window = self.config.sliding_window if plain else None
-        return AttentionInputs(allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window), False, cos, sin,
-                               window=window)
+        allowed = allowed_keys(step.q_pos, step.k_pos, self.config.sliding_window, step.segments)
+        window = self.config.sliding_window if plain and step.segments is None else None
+        return AttentionInputs(allowed, False, cos, sin, window=window, segments=step.segments)

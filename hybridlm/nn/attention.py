@@ -33,6 +33,8 @@ class AttentionInputs:
         serving engine's paged attention, which reads the block pools its cache slots return).
     window: when not None, `mask` is exactly the causal mask cut to this sliding window, with no
         padding and keys == queries, so a kernel may rebuild it from indices (flash attention).
+    segments: None, or (B, T) ids of packed examples; the mask already keeps attention inside each,
+        and Mamba mixers (which share these inputs through the block) run each example alone.
     """
 
     mask: torch.Tensor | None
@@ -41,18 +43,24 @@ class AttentionInputs:
     sin: torch.Tensor | None = None
     attend: Callable | None = None
     window: int | None = None
+    segments: torch.Tensor | None = None
 
 
-def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None,
+                 segments: torch.Tensor | None = None) -> torch.Tensor:
     """Which keys each query may see. q_pos (B, T), k_pos (B, S); -1 marks padding or empty slots.
 
     A query sees a key at or before its own position and, with a window W, fewer than W back.
-    Padding queries see every slot so their (discarded) softmax stays finite. -> bool (B, 1, T, S)
+    segments (B, T), cache-free forwards only (S == T): also only keys of its own packed example
+    (the block-diagonal mask of packed training). Padding queries see every slot so their
+    (discarded) softmax stays finite. -> bool (B, 1, T, S)
     """
     q, k = q_pos[:, :, None], k_pos[:, None, :]
     ok = (k >= 0) & (k <= q)
     if window is not None:
         ok &= (q - k) < window
+    if segments is not None:
+        ok &= segments[:, :, None] == segments[:, None, :]
     ok |= (q < 0)
     return ok[:, None]
 

@@ -148,6 +148,17 @@ class Mamba2(nn.Module):
             slot.ssm.copy_(final)
         return self._output(y, x, z, hidden.dtype)
 
+    def forward_packed(self, hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Training on packed rows: hidden (B, T, d_model), segments (B, T) ids of the examples (equal
+        ids contiguous) -> (B, T, d_model). Each example runs alone from a zero state, so neither the
+        conv window nor the SSM state carries one example into the next."""
+        rows = []
+        for b in range(hidden.shape[0]):
+            cut = (segments[b, 1:] != segments[b, :-1]).nonzero().flatten().add(1).tolist()
+            bounds = [0, *cut, hidden.shape[1]]
+            rows.append(torch.cat([self.forward(hidden[b:b + 1, s:e]) for s, e in zip(bounds, bounds[1:])], dim=1))
+        return torch.cat(rows)
+
     def step(self, hidden: torch.Tensor, slot) -> torch.Tensor:
         """Decode one token: hidden (B, 1, d_model) -> (B, 1, d_model); advances `slot` in place."""
         z, xbc, dt = self._split(self.in_proj(hidden[:, 0]))

@@ -48,19 +48,27 @@ class ServerContext:
     facts: dict = field(default_factory=dict)  # model facts for /v1/models and /stats (kv capacity...)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     created: int = field(default_factory=now)
+    adapters: dict[str, EngineRunner] = field(default_factory=dict)  # served name -> runner of base + that LoRA adapter
 
     def __post_init__(self) -> None:
         self.token_text = TokenText(self.tokenizer)
+
+    @property
+    def runners(self) -> dict[str, EngineRunner]:
+        """Every served model id and its runner: the base under config.model_name, then the adapters."""
+        return {self.config.model_name: self.runner, **self.adapters}
 
 
 def create_app(ctx: ServerContext) -> FastAPI:
     """The ASGI app. Its lifespan starts the runner's thread (if not started) and shuts it down."""
 
     async def lifespan(app):
-        if not ctx.runner._thread.is_alive():
-            ctx.runner.start()
+        for runner in ctx.runners.values():
+            if not runner._thread.is_alive():
+                runner.start()
         yield
-        await asyncio.to_thread(ctx.runner.shutdown, ctx.config.shutdown_timeout_s + 5)
+        for runner in ctx.runners.values():
+            await asyncio.to_thread(runner.shutdown, ctx.config.shutdown_timeout_s + 5)
 
     app = FastAPI(title="hybridlm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.ctx = ctx
@@ -101,23 +109,22 @@ def create_app(ctx: ServerContext) -> FastAPI:
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
         _authorize(ctx, request)
-        return JSONResponse({"object": "list", "data": [_model_card(ctx)]})
+        return JSONResponse({"object": "list", "data": [_model_card(ctx, name) for name in ctx.runners]})
 
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str, request: Request) -> JSONResponse:
         _authorize(ctx, request)
-        if name != ctx.config.model_name:
-            raise model_not_found(name, ctx.config.model_name)
-        return JSONResponse(_model_card(ctx))
+        _check_model(ctx, name)
+        return JSONResponse(_model_card(ctx, name))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         arrival = time.monotonic()
         _authorize(ctx, request)
         req = parse_request(CompletionRequest, await _json_body(request))
-        _check_model(ctx, req.model)
+        runner = _check_model(ctx, req.model)
         prompts = [(ids, (len(ids),)) for ids in (_prompt_ids(ctx, p) for p in req.prompts())]
-        return await _respond(ctx, request, req, prompts, arrival, chat=False,
+        return await _respond(ctx, runner, request, req, prompts, arrival, chat=False,
                               top_n=req.logprobs, max_tokens=req.max_tokens)
 
     @app.post("/v1/chat/completions")
@@ -125,14 +132,14 @@ def create_app(ctx: ServerContext) -> FastAPI:
         arrival = time.monotonic()
         _authorize(ctx, request)
         req = parse_request(ChatCompletionRequest, await _json_body(request))
-        _check_model(ctx, req.model)
+        runner = _check_model(ctx, req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
             ids, boundaries = chat_prompt(ctx.tokenizer, messages)
         except TokenizerError as err:
             raise bad_request(str(err), "messages") from None
         top_n = (req.top_logprobs or 0) if req.logprobs else None
-        return await _respond(ctx, request, req, [(ids, tuple(boundaries))], arrival, chat=True, top_n=top_n,
+        return await _respond(ctx, runner, request, req, [(ids, tuple(boundaries))], arrival, chat=True, top_n=top_n,
                               max_tokens=req.max_completion_tokens or req.max_tokens)
 
     return app
@@ -163,14 +170,18 @@ async def _json_body(request: Request) -> Any:
         raise bad_request(f"the request body is not valid JSON: {err}") from None
 
 
-def _check_model(ctx: ServerContext, name: str) -> None:
-    if name != ctx.config.model_name:
-        raise model_not_found(name, ctx.config.model_name)
+def _check_model(ctx: ServerContext, name: str) -> EngineRunner:
+    """The runner serving model id `name` (the base or one of its adapters); 404 for any other."""
+    runner = ctx.runners.get(name)
+    if runner is None:
+        raise model_not_found(name, "', '".join(ctx.runners))
+    return runner
 
 
-def _model_card(ctx: ServerContext) -> dict:
-    return {"id": ctx.config.model_name, "object": "model", "created": ctx.created, "owned_by": "hybridlm",
+def _model_card(ctx: ServerContext, name: str) -> dict:
+    card = {"id": name, "object": "model", "created": ctx.created, "owned_by": "hybridlm",
             "max_model_len": ctx.max_seq_len}
+    return card if name == ctx.config.model_name else {**card, "parent": ctx.config.model_name}
 
 
 def _prompt_ids(ctx: ServerContext, prompt: str | list[int]) -> list[int]:
@@ -187,8 +198,8 @@ def _prompt_ids(ctx: ServerContext, prompt: str | list[int]) -> list[int]:
     return ids
 
 
-async def _respond(ctx: ServerContext, request: Request, req, prompts, arrival: float, chat: bool,
-                   top_n: int | None, max_tokens: int | None) -> Response:
+async def _respond(ctx: ServerContext, runner: EngineRunner, request: Request, req, prompts, arrival: float,
+                   chat: bool, top_n: int | None, max_tokens: int | None) -> Response:
     if len(prompts) * req.n > MAX_CHOICES:
         raise bad_request(f"{len(prompts)} prompts x n={req.n} is over {MAX_CHOICES} sequences in one request", "n")
     for ids, _ in prompts:
@@ -205,9 +216,9 @@ async def _respond(ctx: ServerContext, request: Request, req, prompts, arrival: 
         return ctx.make_params(req, max_tokens=budget, seed=None if req.seed is None else req.seed + j,
                                stop=stops, top_logprobs=top_n)
 
-    gen = Generation(ctx.runner, ctx.metrics, arrival, prompts, req.n, params_for, ctx.max_queue)
+    gen = Generation(runner, ctx.metrics, arrival, prompts, req.n, params_for, ctx.max_queue)
     await gen.start()
-    rid, created, model = new_id("chatcmpl" if chat else "cmpl"), now(), ctx.config.model_name
+    rid, created, model = new_id("chatcmpl" if chat else "cmpl"), now(), req.model
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = _chat_events if chat else _completion_events

@@ -17,17 +17,27 @@ from .config import ServeConfig
 from .runner import EngineRunner
 
 
-def build_context(model, tokenizer, serve_config: ServeConfig, engine_config) -> ServerContext:
-    """Engine, runner (not started) and handler context for a loaded model and its tokenizer."""
+def build_context(model, tokenizer, serve_config: ServeConfig, engine_config,
+                  adapters: dict | None = None) -> ServerContext:
+    """Engine, runner (not started) and handler context for a loaded model and its tokenizer.
+
+    adapters: served name -> a copy of `model` carrying that LoRA adapter (finetune.peft_format
+    `adapter_copy`: the base weights shared, the adapter unmerged). Each gets an engine and runner
+    of its own: requests naming it in `model` batch with each other, not with other adapters', and
+    each engine holds its own KV pool of engine_config's size."""
     from ..engine import Engine
     from .params import request_params
+
+    def runner_for(m):
+        return EngineRunner(Engine(m, tokenizer, engine_config), stats_interval_s=serve_config.stats_interval_s)
 
     engine = Engine(model, tokenizer, engine_config)
     runner = EngineRunner(engine, stats_interval_s=serve_config.stats_interval_s)
     facts = capacity_facts(engine, model.config.max_seq_len)
     facts["engine_config"] = {k: getattr(engine_config, k) for k in engine_config.__dataclass_fields__}
     return ServerContext(serve_config, runner, tokenizer, model.config.max_seq_len, request_params,
-                         engine_config.max_queue, facts)
+                         engine_config.max_queue, facts,
+                         adapters={name: runner_for(m) for name, m in (adapters or {}).items()})
 
 
 def capacity_facts(engine, seq_len: int) -> dict:

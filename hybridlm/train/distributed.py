@@ -197,11 +197,12 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistCont
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
-                    ctx: DistContext) -> None:
+                    ctx: DistContext, strict: bool = True) -> None:
     """Load full state dicts (as `full_state` returns on rank 0, given on every rank) into a wrapped
-    or plain model and its optimizer; FSDP shards them. Mutates model and optimizer."""
+    or plain model and its optimizer; FSDP shards them. strict=False: model_sd may hold only some
+    parameters (a fine-tuning checkpoint of adapters). Mutates model and optimizer."""
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=StateDictOptions(full_state_dict=True))
+                   options=StateDictOptions(full_state_dict=True, strict=strict))
 
 
 def _split_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext) -> tuple[dict, dict]:

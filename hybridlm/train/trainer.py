@@ -36,6 +36,7 @@ from .loss import mean_fields, moe_log_fields, new_moe_stats
 from .objectives import family_overrides, objective_for, open_splits, tied_pairs
 from .metrics import RunLog, measure_peak_flops, plot_losses, training_flops_per_token
 from .optim import build_optimizer, lr_at, set_lr
+from .recipe import Recipe
 
 
 @dataclass
@@ -101,13 +102,17 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 class Trainer:
     """State of one invocation of a run (see `train`)."""
 
-    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext, model: Decoder | None = None):
-        self.cfg, self.ctx = cfg, ctx
+    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext, model: Decoder | None = None,
+                 recipe: Recipe | None = None):
+        self.cfg, self.ctx, self.recipe = cfg, ctx, recipe
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out_dir)
         family = get_preset(cfg.preset).family if model is None else model.config.family
-        self.train_data, self.val_data = open_splits(cfg.data_dir, cfg.seed, family)  # token shards or a `task:` spec
+        if recipe is None:
+            self.train_data, self.val_data = open_splits(cfg.data_dir, cfg.seed, family)  # token shards or a `task:` spec
+        else:
+            self.train_data, self.val_data = recipe.train_data, recipe.val_data
         if hasattr(self.train_data, "objective") and (model is None or cfg.export_hf):
             raise TrainConfigError(f"{cfg.data_dir} trains a model the presets do not build (a CLIP-style dual "
                                    "encoder): pass it as train(cfg, model=...) with export_hf=False")
@@ -119,8 +124,9 @@ class Trainer:
         self.world = ctx.dp_size  # data-parallel replicas: the ranks of a TP group share their batches
         self.global_batch = cfg.global_batch(self.world)
         self.accum = cfg.accumulation_steps(self.world)
-        # the data may bring its own objective (image-text pairs: contrastive), else the family's
-        self.objective = getattr(self.train_data, "objective", None) or objective_for(self.model_cfg, self.train_data.vocab_size)
+        # a fine-tuning recipe's objective, or the data's own (image-text pairs: contrastive), else the family's
+        self.objective = recipe.objective if recipe else (
+            getattr(self.train_data, "objective", None) or objective_for(self.model_cfg, self.train_data.vocab_size))
         self.batches = self.train_data if hasattr(self.train_data, "micro_batch") else \
             TrainBatches(self.train_data, cfg.seq_len, cfg.seed)
         self.autocast_dtype = resolve_precision(cfg.precision, ctx.device)
@@ -147,6 +153,13 @@ class Trainer:
             self.log.truncate_after(self.step)
         self.peak_flops = cfg.peak_flops or measure_peak_flops(ctx.device, self.autocast_dtype)
 
+    @property
+    def _trainable_only(self) -> bool:
+        return self.recipe is not None and self.recipe.trainable_only
+
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in distributed.unwrap(self.model).named_parameters() if p.requires_grad}
+
     # -- run directory and resume --------------------------------------------------------------
     def _prepare_run_dir(self) -> Path | None:
         """Clean leftovers, refuse to overwrite a run unless resuming; the checkpoint to resume from."""
@@ -170,7 +183,11 @@ class Trainer:
             diff = {k: (v, getattr(self.model_cfg, k)) for k, v in saved_cfg.to_dict().items()
                     if getattr(self.model_cfg, k) != v}
             raise CheckpointError(f"{path}: the checkpoint's model differs from this run's (saved, now): {diff}")
-        distributed.load_full_state(self.model, self.optimizer, model_sd, optim_sd, self.ctx)
+        if self._trainable_only and set(model_sd) != self._trainable_names():
+            raise CheckpointError(f"{path}: the checkpoint's trainable tensors differ from this run's (other LoRA "
+                                  "targets or rank?); resume with the settings it was started with")
+        distributed.load_full_state(self.model, self.optimizer, model_sd, optim_sd, self.ctx,
+                                    strict=not self._trainable_only)
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.prior_elapsed = float(state.get("elapsed_s", 0.0))
         if self.scaler is not None and state.get("grad_scaler"):
@@ -189,7 +206,7 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         set_lr(self.optimizer, lr)
         torch.manual_seed(step_seed(cfg.seed, self.step, ctx.dp_rank))  # a TP group drops out alike
-        loss_sum, moe_fields = 0.0, []
+        loss_sum, extra_fields = 0.0, []
         for micro in range(self.accum):
             batch = self.batches.micro_batch(self.samples_seen, self.global_batch, ctx.dp_rank, self.world, micro,
                                              cfg.micro_batch_size).to(ctx.device, non_blocking=True)
@@ -201,7 +218,9 @@ class Trainer:
                     total = loss
                     if stats is not None:  # read before backward: recomputed blocks record again
                         total = loss + self.model_cfg.moe_aux_loss_coef * stats.aux_loss.to(loss.device)
-                        moe_fields.append(moe_log_fields(stats))
+                        extra_fields.append(moe_log_fields(stats))
+                    if getattr(self.objective, "last_fields", None):  # e.g. DPO's reward margins
+                        extra_fields.append(self.objective.last_fields)
                 total = total / self.accum
                 (self.scaler.scale(total) if self.scaler else total).backward()
             loss_sum += loss.item()
@@ -225,8 +244,8 @@ class Trainer:
                  "tokens": self.samples_seen * cfg.seq_len, "tokens_per_s": tokens / seconds,
                  "mfu": tokens / seconds * self.flops_per_token / (self.peak_flops * ctx.world_size),
                  "step_s": seconds}
-        if moe_fields:  # this rank's micro-batches; the loss above is the all-rank mean
-            entry.update(mean_fields(moe_fields))
+        if extra_fields:  # this rank's micro-batches; the loss above is the all-rank mean
+            entry.update(mean_fields(extra_fields))
         return entry
 
     @torch.no_grad()
@@ -241,19 +260,23 @@ class Trainer:
             batches = validation_batches(self.val_data, self.cfg.seq_len, self.cfg.eval_sequences, self.ctx.dp_rank,
                                          self.world, self.cfg.micro_batch_size)
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, extra = 0.0, 0, {}
         for batch in batches:
             batch = batch.to(self.ctx.device)
             with self._autocast():
-                batch_total, batch_count = self.objective.eval_sums(self.model, batch)
+                batch_total, batch_count, *fields = self.objective.eval_sums(self.model, batch)
             total += batch_total
             count += batch_count
+            for key, value in (fields[0] if fields else {}).items():  # sums over the same count
+                extra[key] = extra.get(key, 0.0) + value
         self.model.train()
-        total, count = self.ctx.sum([total, count])  # a TP group counts its batches tp times: the ratio holds
+        # a TP group counts its batches tp times: the ratios hold
+        total, count, *sums = self.ctx.sum([total, count, *extra.values()])
         if count == 0:
             return None
         val = total / count
-        return {"type": "val", "step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+        return {"type": "val", "step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0)),
+                **{f"val_{key}": value / count for key, value in zip(extra, sums)}}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, elapsed: float) -> dict:
@@ -261,8 +284,12 @@ class Trainer:
         dict on rank 0 ({} elsewhere) for the export."""
         model_sd, optim_sd = distributed.full_state(self.model, self.optimizer, self.ctx)
         if self.ctx.is_main:
+            if self._trainable_only:  # adapters only: the frozen base is the source model's
+                trains = self._trainable_names()
+                model_sd = {k: v for k, v in model_sd.items() if k in trains}
             for alias, target in tied_pairs(self.model_cfg):  # FSDP gathers the tied matrix twice: store it once
-                model_sd[alias] = model_sd[target]
+                if target in model_sd:
+                    model_sd[alias] = model_sd[target]
             state = {"step": self.step, "samples_seen": self.samples_seen, "tokens_seen": self.samples_seen * self.cfg.seq_len,
                      "seed": self.cfg.seed, "world_size": self.world, "elapsed_s": elapsed,
                      "rng": "torch.manual_seed(step_seed(seed, step, rank)) at the start of every step",
@@ -278,6 +305,8 @@ class Trainer:
         """RUN_DIR/model as an HF checkpoint with the dataset's tokenizer (rank 0)."""
         if not (self.ctx.is_main and self.cfg.export_hf):
             return None
+        if self.recipe is not None and self.recipe.export is not None:
+            return self.recipe.export(distributed.unwrap(self.model), self.run_dir)
         model = build_model(self.model_cfg)
         model.load_state_dict(model_sd)
         if hasattr(self.train_data, "tokenizer"):  # a synthetic task brings its own vocabulary
@@ -350,14 +379,15 @@ class Trainer:
                            self.step >= cfg.max_steps, exported)
 
 
-def train(cfg: TrainConfig, model: Decoder | None = None) -> TrainResult:
+def train(cfg: TrainConfig, model: Decoder | None = None, recipe: Recipe | None = None) -> TrainResult:
     """Train (or, with cfg.resume, continue) the run described by `cfg`. Under torchrun, every rank
     calls this; only rank 0 writes. Writes RUN_DIR/{log.jsonl, loss.png, train_config.json,
     checkpoints/, model/}. model: start from this model's weights and config instead of a fresh
-    `cfg.preset` (pruning's recovery fine-tuning); one process trains it in place."""
+    `cfg.preset` (pruning's recovery fine-tuning, finetune/); one process trains it in place.
+    recipe: the data, objective and export of a fine-tuning method instead of cfg.data_dir's."""
     ctx = distributed.setup(cfg.device, cfg.fsdp, cfg.tp)
     try:
-        return Trainer(cfg, ctx, model).run()
+        return Trainer(cfg, ctx, model, recipe).run()
     finally:
         distributed.teardown(ctx)
 
