@@ -186,7 +186,7 @@ def _set_quant_kernels(model, args) -> None:
 def _decoding_model(args, model):
     """The model generate and chat decode through: `model`, or the native step over it (--decode-step)."""
     from ..generation.native import NativeDecoder
-    from ..kernels import decode_step
+    from ..kernels import decode_step, qmatmul
     from ..models.decoder import Decoder
 
     if args.decode_step == "eager" or args.compile:  # _load refused --compile with native
@@ -194,7 +194,7 @@ def _decoding_model(args, model):
     if not isinstance(model, Decoder):
         reason = f"{type(model).__name__} is not a decoder-only model"
     else:
-        reason = decode_step.unsupported_reason(model) or (None if decode_step.available(model) else
+        reason = decode_step.unsupported_reason(model) or (None if qmatmul.available() else
                                                           "the native kernels could not be built here")
     if reason is None:
         return NativeDecoder(model)

@@ -57,7 +57,3 @@ class NativeDecoder:
         cache.commit(step)
         return logits.view(1, 1, -1)
 
-
-def native_decoder(model: Decoder) -> NativeDecoder | None:
-    """`NativeDecoder(model)` where the native step covers the model and builds here, else None."""
-    return NativeDecoder(model) if decode_step.available(model) else None

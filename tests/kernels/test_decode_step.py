@@ -10,7 +10,7 @@ import torch
 from hybridlm.compress import QuantizeConfig, quantize_model
 from hybridlm.config import ModelConfig
 from hybridlm.generation.generate import generate
-from hybridlm.generation.native import NativeDecoder, native_decoder
+from hybridlm.generation.native import NativeDecoder
 from hybridlm.generation.sampling import SamplingConfig
 from hybridlm.kernels import decode_step, qmatmul
 from hybridlm.models.decoder import Decoder
@@ -143,7 +143,7 @@ def test_calls_it_does_not_cover_run_the_eager_model():
 def test_models_outside_its_scope_are_refused_with_the_reason(change, reason):
     model = tiny_model(**change)
     assert reason in decode_step.unsupported_reason(model)
-    assert native_decoder(model) is None
+    assert not decode_step.available(model)
     with pytest.raises(ValueError, match=reason):
         decode_step.build_plan(model)
 
