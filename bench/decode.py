@@ -6,12 +6,14 @@ llama.cpp on the same files, and transformers.
 
 Engines (--engines, comma-separated; default all):
   hybridlm:q4_1            the GGUF's own Q4_1 layers and Q8_0 head kept quantized, native kernels,
-                           fast activations, each decode token one native call (kernels/decode_step.cpp):
-                           what `hybridlm generate` does by default
+                           fast activations, each decode token one native call (kernels/decode_step.cpp),
+                           K/V in float16 as llama.cpp keeps them: what `hybridlm generate` does by default
+  hybridlm:q4_1:kv32       the same with float32 K/V (`--kv-cache float`)
   hybridlm:q4_1:eager      the same weights and kernels, decode steps through the PyTorch model
                            (`--decode-step eager`)
   hybridlm:q4_1:compiled   the same with the decode step compiled (`--compile`)
   hybridlm:q8_0            a Q8_0 file of the same model (below), kept quantized, native decode step
+                           (float16 K/V; hybridlm:q8_0:kv32 with float32 K/V)
   hybridlm:f32             the Q4_1 file dequantized to float32 (`--dtype float32`), packed linears
   transformers             the Q4_1 file dequantized by transformers, float32
   llama.cpp:q4_1, llama.cpp:q8_0   llama-cpp-python on the same two files (skipped if not installed)
@@ -45,7 +47,8 @@ import torch
 
 from .common import emit_json, environment, median, print_table, progress
 
-ENGINES = ("hybridlm:q4_1", "hybridlm:q4_1:eager", "hybridlm:q4_1:compiled", "hybridlm:q8_0", "hybridlm:f32",
+ENGINES = ("hybridlm:q4_1", "hybridlm:q4_1:kv32", "hybridlm:q4_1:eager", "hybridlm:q4_1:compiled", "hybridlm:q8_0",
+           "hybridlm:q8_0:kv32", "hybridlm:f32",
            "transformers", "llama.cpp:q4_1", "llama.cpp:q8_0")
 WORKER = Path(__file__).with_name("decode_worker.py")
 
@@ -166,7 +169,9 @@ def engine_spec(name: str, files: dict[str, Path], llama_python: str | None, com
     args = ["--engine", "hybridlm", "--model", str(file), *common]
     args += [] if kind == "f32" else ["--keep-quantized"]
     args += ["--compile"] if "compiled" in parts else []
-    args += ["--native-step"] if kind != "f32" and len(parts) == 2 else []
+    native = kind != "f32" and not {"eager", "compiled"} & set(parts)
+    args += ["--native-step"] if native else []
+    args += ["--kv-cache", "float16" if native and "kv32" not in parts else "float"]
     return sys.executable, args, file
 
 

@@ -49,6 +49,7 @@ class HybridLM:
             self.model = NativeDecoder(model)
         self.load_s = time.perf_counter() - start
         self.sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+        self.kv_cache = args.kv_cache
         start = time.perf_counter()
         self._generate(args.prompt[:32], 8)  # warm-up (and, compiled, the compile)
         self.compile_s = time.perf_counter() - start if args.compile else None
@@ -56,7 +57,8 @@ class HybridLM:
     def _generate(self, ids, n):
         from hybridlm.generation.generate import generate
 
-        return generate(self.model, [ids], self.sampling.replace(max_new_tokens=n), cache_kind="static")
+        return generate(self.model, [ids], self.sampling.replace(max_new_tokens=n), cache_kind="static",
+                        kv_dtype=self.kv_cache)
 
     def run(self, prompt, new_tokens):
         res = self._generate(prompt, new_tokens)
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quant-act", default="fast", choices=["fast", "exact"])
     ap.add_argument("--compile", action="store_true", help="hybridlm: compiled decode step")
     ap.add_argument("--native-step", action="store_true", help="hybridlm: one native call per decode token")
+    ap.add_argument("--kv-cache", default="float", choices=["float", "float16"], help="hybridlm: K/V storage")
     ap.add_argument("--linear", default="auto", help="hybridlm: float linears (auto, packed, ref)")
     args = ap.parse_args(argv)
     with open(args.prompt_file) as f:

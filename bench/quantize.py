@@ -36,10 +36,10 @@ ROWS = {
     "gptq-w8": dict(method="gptq", bits=8),
     "rtn-w4-g32": dict(method="rtn", bits=4, group_size=32),
     "rtn-w4-g64": dict(method="rtn", bits=4, group_size=64),
-    "gptq-w4-g64": dict(method="gptq", bits=4, group_size=64),
+    "gptq-w4-g64": dict(method="gptq", bits=4, group_size=64),  # with the clip search (the default)
+    "gptq-w4-g64-noclip": dict(method="gptq", bits=4, group_size=64, gptq_clip=False),
     "gptq-w4-g64-actorder": dict(method="gptq", bits=4, group_size=64, act_order=True),
-    "gptq-w4-g64-clip": dict(method="gptq", bits=4, group_size=64, gptq_clip=True),
-    "gptq-w4-g64-actorder-clip": dict(method="gptq", bits=4, group_size=64, act_order=True, gptq_clip=True),
+    "gptq-w4-g64-actorder-noclip": dict(method="gptq", bits=4, group_size=64, act_order=True, gptq_clip=False),
     "awq-w4-g64": dict(method="awq", bits=4, group_size=64),
     "awq-w4-g64-noduo": dict(method="awq", bits=4, group_size=64, awq_duo=False),
     "rtn-w4-g192": dict(method="rtn", bits=4, group_size=192),

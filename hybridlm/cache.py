@@ -65,21 +65,27 @@ class CacheStep:
 
 
 class KVSlot:
-    """K/V storage of one attention layer; `cache` holds the shared cursor (length, step)."""
+    """K/V storage of one attention layer; `cache` holds the shared cursor (length, step).
+    Stored in `cache.kv_store_dtype` (the model's dtype, or float16 under kv_dtype "float16"), and
+    handed to attention in the model's dtype: a new token is rounded to the storage dtype before it
+    is attended over, so a cached decode sees what a cached prefill of the same tokens sees."""
 
     def __init__(self, cache: "Cache", capacity: int):
         self.cache = cache
         shape = (cache.batch_size, cache.n_kv_heads, capacity, cache.head_dim)
-        self.k = torch.zeros(shape, dtype=cache.dtype, device=cache.device)
-        self.v = torch.zeros(shape, dtype=cache.dtype, device=cache.device)
+        self.k = torch.zeros(shape, dtype=cache.kv_store_dtype, device=cache.device)
+        self.v = torch.zeros(shape, dtype=cache.kv_store_dtype, device=cache.device)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.dtype == self.cache.dtype else x.to(self.cache.dtype)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, H_kv, T, D); return the keys and values to attend over (B, H_kv, S, D)."""
         if self.cache.full_view:
             # indices as a tensor, not the int cursor: a compiled step is then one graph at every position
-            self.k.index_copy_(2, self.cache.write_index, k)
-            self.v.index_copy_(2, self.cache.write_index, v)
-            return self.k, self.v
+            self.k.index_copy_(2, self.cache.write_index, k.to(self.k.dtype))
+            self.v.index_copy_(2, self.cache.write_index, v.to(self.v.dtype))
+            return self._out(self.k), self._out(self.v)
         start, t = self.cache.length, k.shape[2]
         if self.cache.window_ring:
             return self._update_ring(k, v, start)
@@ -87,11 +93,12 @@ class KVSlot:
             self._grow(start + t)
         self.k[:, :, start:start + t] = k
         self.v[:, :, start:start + t] = v
-        return self.k[:, :, :start + t], self.v[:, :, :start + t]
+        return self._out(self.k[:, :, :start + t]), self._out(self.v[:, :, :start + t])
 
     def _update_ring(self, k, v, start):
         capacity = self.k.shape[2]
-        k_all, v_all = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        k_all, v_all = self._out(torch.cat((self.k, k), dim=2)), self._out(torch.cat((self.v, v), dim=2))
         if capacity:
             keep = min(k.shape[2], capacity)
             idx = self.cache.ring_index(start, k.shape[2])
@@ -207,8 +214,9 @@ class Cache:
                  max_len: int | None = None, window_only: bool = True, full_view: bool = False,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                  kv_dtype: str = "float"):
-        """kv_dtype: "float" keeps K/V in `dtype`; "int8" stores them int8 with a scale per head
-        and token (kv_quant.py), dequantized into `dtype` when attended over."""
+        """kv_dtype: "float" keeps K/V in `dtype`; "float16" stores them as float16 (llama.cpp's
+        default K/V type: half of float32's bytes), widened to `dtype` when attended over; "int8"
+        stores them int8 with a scale per head and token (kv_quant.py), dequantized likewise."""
         if kind not in CACHE_KINDS:
             raise ValueError(f"cache kind must be one of {CACHE_KINDS}, not {kind!r}")
         if kind == "static" and max_len is None:
@@ -229,13 +237,14 @@ class Cache:
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.key_pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=self.device)
         kv_slot = KVSlot
-        if kv_dtype != "float":
+        if kv_dtype not in ("float", "float16"):
             from .kv_quant import KV_DTYPES, Int8KVSlot  # imported here: kv_quant builds on KVSlot
 
             if kv_dtype not in KV_DTYPES:
                 raise ValueError(f"KV cache dtype must be one of {KV_DTYPES}, not {kv_dtype!r}")
             kv_slot = Int8KVSlot
         self.kv_dtype = kv_dtype
+        self.kv_store_dtype = torch.float16 if kv_dtype == "float16" else dtype
         # None, or attend_for(cache, step) -> the attention function (or None) the layers use for a
         # planned step instead of their own: set by its owner (generation/verify_attention.py)
         self.attend_for: Callable[["Cache", CacheStep], Callable | None] | None = None

@@ -24,7 +24,7 @@ import torch
 
 from .cache import KVSlot
 
-KV_DTYPES = ("float", "int8")  # float: the cache's dtype (the model's); int8: this module
+KV_DTYPES = ("float", "float16", "int8")  # float: the cache's dtype (the model's); float16: KVSlot; int8: here
 QMAX = 127
 SCALE_DTYPE = torch.float32
 
@@ -47,6 +47,8 @@ def kv_bytes_per_element(kv_dtype: str, float_bytes: int, head_dim: int) -> floa
     """Bytes one K (or V) element costs in storage, scales included: what analysis/memory.py uses."""
     if kv_dtype == "float":
         return float(float_bytes)
+    if kv_dtype == "float16":
+        return 2.0
     if kv_dtype == "int8":
         return 1 + torch.empty((), dtype=SCALE_DTYPE).element_size() / head_dim
     raise ValueError(f"KV cache dtype must be one of {KV_DTYPES}, not {kv_dtype!r}")

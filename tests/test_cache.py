@@ -68,3 +68,39 @@ def test_reorder_moves_rows():
         alone = model(torch.cat([ids[1:], torch.tensor([[3]])], dim=1))[:, -1:]
     torch.testing.assert_close(nxt[0:1], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(nxt[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, kwargs", CASES)
+def test_float16_kv_cached_decode_equals_float16_prefill(name, kwargs):
+    # K/V rounded to float16 as they are stored: a cached decode attends over exactly what a
+    # one-shot prefill through the same storage attends over (float64 model: no last-bit noise
+    # from the matmuls can move a value across a float16 rounding boundary)
+    model = sharp_model(name, sliding_window=6) if name == "mistral-tiny" else sharp_model(name)
+    model.to(torch.float64)
+    ids = torch.randint(0, 1024, (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        if kwargs.get("window_only"):  # a ring cannot prefill more than its window in one forward
+            one_shot = stepwise(model, ids, model.new_cache(2, kind="dynamic", window_only=False, kv_dtype="float16"))
+        else:
+            one_shot = model(ids, model.new_cache(2, kv_dtype="float16", **kwargs))
+        cache = model.new_cache(2, kv_dtype="float16", **kwargs)
+        stepped = stepwise(model, ids, cache)
+        ref = stepwise(model, ids, model.new_cache(2, **kwargs))
+    slots = [s for s in cache.slots if s is not None]
+    assert all(s.k.dtype == torch.float16 and s.v.dtype == torch.float16 for s in slots)
+    torch.testing.assert_close(stepped, one_shot, atol=1e-9 * one_shot.abs().max().item(), rtol=0)
+    # and float16 storage is close to float64's, yet not equal to it (the rounding is real)
+    diff = (stepped - ref).abs().max().item()
+    assert 0 < diff < 1e-2 * ref.abs().max().item()
+
+
+def test_float16_kv_halves_the_bytes_and_grows():
+    model = sharp_model("llama-tiny")
+    full, half = model.new_cache(1, kind="dynamic"), model.new_cache(1, kind="dynamic", kv_dtype="float16")
+    ids = torch.randint(0, 1024, (1, 300))
+    with torch.no_grad():
+        model(ids, full)
+        model(ids, half)
+    assert sum(s.nbytes() for s in half.slots if s) * 2 == sum(s.nbytes() for s in full.slots if s)
+    with pytest.raises(ValueError, match="KV cache dtype"):
+        model.new_cache(1, kv_dtype="float8")

@@ -120,15 +120,17 @@ def kv_tokens_held(cfg: ModelConfig, context: int) -> int:
     return min(context, cfg.sliding_window - 1)
 
 
-KV_DTYPES = ("float", "int8")  # float: K/V in the model's dtype; int8: kv_quant.py's storage
+KV_DTYPES = ("float", "float16", "int8")  # float: the model's dtype; float16: 2 bytes; int8: kv_quant.py
 KV_INT8_SCALE_BYTES = 4  # one float32 scale per head and token for K, and one for V (kv_quant.SCALE_DTYPE)
 
 
 def cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4, kv_dtype: str = "float") -> int:
     """Bytes one more token of one sequence adds: K and V over every attention layer.
-    kv_dtype "int8": one byte per element plus a float32 scale per head (kv_quant.py)."""
+    kv_dtype "float16": two bytes per element; "int8": one plus a float32 scale per head (kv_quant.py)."""
     if kv_dtype == "float":
         return cfg.kv_cache_bytes_per_token(bytes_per_element)
+    if kv_dtype == "float16":
+        return cfg.kv_cache_bytes_per_token(2)
     if kv_dtype != "int8":
         raise ValueError(f"KV cache dtype must be one of {KV_DTYPES}, not {kv_dtype!r}")
     return 2 * cfg.n_attention_layers * cfg.n_kv_heads * (cfg.head_dim + KV_INT8_SCALE_BYTES)

@@ -82,9 +82,10 @@ def _count(n: float) -> str:
 
 
 def _kv_note(a: ModelAnalysis) -> str:
-    """How an int8 KV cache compares with one in the run dtype."""
+    """How a float16 or int8 KV cache compares with one in the run dtype."""
     ratio = a.cache_bytes_per_token / max(a.kv_bytes_per_token_in_dtype, 1)
-    return f"int8 + a float32 scale per head and token: {ratio:.1%} of {a.dtype}"
+    what = "float16" if a.kv_dtype == "float16" else "int8 + a float32 scale per head and token"
+    return f"{what}: {ratio:.1%} of {a.dtype}"
 
 
 def format_analysis(name: str, a: ModelAnalysis) -> str:

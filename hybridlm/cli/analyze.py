@@ -109,9 +109,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences held in the cache (default 1)")
     p.add_argument("--dtype", default="bfloat16", choices=_DTYPES,
                    help="weights and KV cache; the SSM state stays float32 (default bfloat16)")
-    p.add_argument("--kv-cache", default="float", choices=["float", "int8"],
-                   help="K/V storage: float = in --dtype, int8 = int8 with a float32 scale per head and token "
-                        "(hybridlm generate --kv-cache int8) (default float)")
+    p.add_argument("--kv-cache", default="float", choices=["float", "float16", "int8"],
+                   help="K/V storage: float = in --dtype, float16, int8 = int8 with a float32 scale per head and "
+                        "token (hybridlm generate --kv-cache) (default float)")
     p.add_argument("--json", action="store_true", help="print one JSON object (params_total, params_active, "
                    "weight_bytes, flops_per_token_prefill, flops_per_token_decode, cache_bytes_per_token, "
                    "cache_bytes_at_context, ...)")

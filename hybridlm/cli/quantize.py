@@ -10,7 +10,8 @@ import time
 _EPILOG = """\
 methods (bits, default group size):
   rtn     round to nearest on a uniform grid            4 (g64) or 8 (per channel); no calibration
-  gptq    GPTQ, Hessian-weighted error feedback          4 (g64) or 8; calibration; --act-order, --damp
+  gptq    GPTQ, Hessian-weighted error feedback          4 (g64) or 8; calibration; --act-order, --damp,
+                                                          --no-gptq-clip
   awq     AWQ, activation-aware scales + clipping        4 (g64) or 8; calibration; --no-awq-clip, --no-awq-duo
   nf4     NF4 table (QLoRA), absmax per group            4 (g64)
   kmeans  k-means 16-entry table per row (or tensor)     4; weighted by calibration if --calib/--calib-tokens
@@ -39,6 +40,7 @@ def _config(args):
     return QuantizeConfig(method=args.method, bits=args.bits,
                           group_size=None if args.group_size is None else parse_group_size(args.group_size),
                           symmetric=args.symmetric, act_order=args.act_order, damp=args.damp,
+                          gptq_clip=not args.no_gptq_clip,
                           awq_clip=not args.no_awq_clip, awq_duo=not args.no_awq_duo,
                           fp8_format=args.fp8_format, kmeans_per=args.kmeans_per,
                           include_head=args.include_head,
@@ -132,6 +134,9 @@ def register(sub) -> None:
     m.add_argument("--act-order", action="store_true",
                    help="gptq: columns in decreasing Hessian-diagonal order (groups keep their original columns)")
     m.add_argument("--damp", type=float, default=0.01, help="gptq: damping, a fraction of the mean Hessian diagonal (default 0.01)")
+    m.add_argument("--no-gptq-clip", action="store_true",
+                   help="gptq: keep each group's full min-max range (by default the range is shrunk by the clip "
+                        "ratio that minimises the Hessian-weighted error, as AWQ's clip search does)")
     m.add_argument("--no-awq-clip", action="store_true", help="awq: skip the per-group clipping search")
     m.add_argument("--no-awq-duo", action="store_true",
                    help="awq: search only s = mean|x|^alpha, not also the duo-scaled s = mean|x|^alpha / mean|w|^(1-alpha)")

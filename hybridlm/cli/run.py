@@ -53,9 +53,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence (benchmarks)")
     g.add_argument("--cache", default="static", choices=["static", "dynamic"],
                    help="KV cache: static = preallocated for prompt + max-new-tokens, dynamic = grows by doubling")
-    g.add_argument("--kv-cache", default="float", choices=["float", "int8"],
-                   help="K/V storage: float = the model's dtype; int8 = int8 with a float32 scale per head and "
-                        "token, ~1/4 of float32's bytes, dequantized when attended over (default float)")
+    g.add_argument("--kv-cache", default="auto", choices=["auto", "float", "float16", "int8"],
+                   help="K/V storage: float = the model's dtype; float16 = half of float32's bytes (llama.cpp's "
+                        "default K/V type); int8 = int8 with a float32 scale per head and token, ~1/4 of float32's "
+                        "bytes, dequantized when attended over; auto = float16 where the native decode step runs "
+                        "fast (int8) activations, as llama.cpp does, else float (default auto)")
 
 
 def _add_speculative_args(p: argparse.ArgumentParser) -> None:
@@ -97,8 +99,8 @@ def _load(args):
         raise ValueError("--tp splits nn.Linear weights: drop --compile and --linear packed")
     if args.compile and args.cache != "static":
         raise ValueError("--compile needs the static cache (drop --cache dynamic)")
-    if args.compile and getattr(args, "kv_cache", "float") != "float":
-        raise ValueError("--kv-cache int8 runs eager only (drop --compile)")
+    if args.compile and getattr(args, "kv_cache", "auto") not in ("auto", "float"):
+        raise ValueError(f"--kv-cache {args.kv_cache} runs eager only (drop --compile)")
     if args.compile and getattr(args, "decode_step", "auto") == "native":
         raise ValueError("--decode-step native and --compile are two ways to run the decode step: choose one")
     # a GGUF runs in its own precision, but only float weights split under --tp
@@ -203,6 +205,16 @@ def _decoding_model(args, model):
     return model
 
 
+def _kv_cache(args, model) -> str:
+    """--kv-cache for decoding through `model`, "auto" resolved: float16 K/V where the native step
+    runs fast activations (llama.cpp's arithmetic: int8 activations, float16 K/V), else float."""
+    from ..generation.native import NativeDecoder
+
+    if args.kv_cache != "auto":
+        return args.kv_cache
+    return "float16" if isinstance(model, NativeDecoder) and args.quant_act == "fast" else "float"
+
+
 def _sampling(args, tokenizer):
     from ..generation.sampling import SamplingConfig
 
@@ -294,8 +306,9 @@ def cmd_generate(args) -> int:
     elif getattr(args, "speculative", None):
         result = _speculative(args, loaded, model, prompts, sampling, streamer)
     else:
-        result = generate(_decoding_model(args, model), prompts, sampling, cache_kind=args.cache, decode=tok.decode,
-                          on_token=streamer, kv_dtype=args.kv_cache)
+        decoding = _decoding_model(args, model)
+        result = generate(decoding, prompts, sampling, cache_kind=args.cache, decode=tok.decode,
+                          on_token=streamer, kv_dtype=_kv_cache(args, decoding))
     text = result.texts[0]
     if getattr(args, "tp", 1) > 1:
         import torch.distributed as dist
@@ -347,7 +360,7 @@ def _generate_with_images(args, loaded, ids, image_paths, sampling, streamer, im
     if features and len({f.shape[0] for f in features}) != 1:
         raise ValueError("every features file of one prompt needs the same number of patches")
     return generate_with_images(loaded.model, [ids], [stacked], sampling, cache_kind=args.cache,
-                                decode=loaded.tokenizer.decode, on_token=streamer, kv_dtype=args.kv_cache)
+                                decode=loaded.tokenizer.decode, on_token=streamer, kv_dtype=_kv_cache(args, None))
 
 
 def _speculative(args, loaded, model, prompts, sampling, streamer):
@@ -370,7 +383,7 @@ def _speculative(args, loaded, model, prompts, sampling, streamer):
     proposer = make_proposer(args.speculative, model, load_draft)
     return speculative_generate(model, proposer, prompts, sampling, k=args.num_speculative_tokens,
                                 cache_kind=args.cache, decode=loaded.tokenizer.decode, on_token=streamer,
-                                kv_dtype=args.kv_cache)
+                                kv_dtype=_kv_cache(args, model))
 
 
 def cmd_chat(args) -> int:
@@ -413,7 +426,7 @@ def cmd_chat(args) -> int:
         else:
             ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
             result = generate(model, [ids], sampling, cache_kind=args.cache, decode=tok.decode,
-                              on_token=streamer, kv_dtype=args.kv_cache)
+                              on_token=streamer, kv_dtype=_kv_cache(args, model))
         streamer.finish()
         messages.append({"role": "assistant", "content": result.texts[0]})
         _log(f"[{result.stats.decode_tokens_per_s:.1f} tok/s]")
@@ -496,7 +509,8 @@ def cmd_info(args) -> int:
           f"{mem.kv_bytes_at_context / mib:,.1f} MiB at the full context of {cfg.max_seq_len} tokens (batch 1)")
     if args.kv_cache != "float":  # the saving, against the same cache in --dtype
         base = memory_summary(cfg, nbytes).kv_bytes_per_token
-        print(f"                int8 K/V with a float32 scale per head and token: "
+        what = "float16 K/V" if args.kv_cache == "float16" else "int8 K/V with a float32 scale per head and token"
+        print(f"                {what}: "
               f"{mem.kv_bytes_per_token / base:.1%} of {args.dtype} ({base / 1024:,.1f} KiB per token)")
     if cfg.n_mamba_layers:
         print(f"Mamba state     {cfg.mamba_state_bytes(nbytes) / mib:,.2f} MiB per sequence at any length "
@@ -564,9 +578,9 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="list registry names and presets")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the byte counts assume (default float32)")
-    p.add_argument("--kv-cache", default="float", choices=["float", "int8"],
-                   help="K/V storage the cache bytes assume: float = --dtype, int8 = int8 + a float32 scale per "
-                        "head and token, as `generate --kv-cache int8` (default float)")
+    p.add_argument("--kv-cache", default="float", choices=["float", "float16", "int8"],
+                   help="K/V storage the cache bytes assume: float = --dtype, float16, int8 = int8 + a float32 "
+                        "scale per head and token, as `generate --kv-cache` (default float)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
 

@@ -23,7 +23,7 @@ class QuantizeConfig:
     act_order: bool = False  # GPTQ: columns in decreasing diag(H) order (static groups, see gptq.py)
     damp: float = 0.01  # GPTQ: fraction of the mean of diag(H) added to its diagonal
     block_size: int = 128  # GPTQ: columns per lazy-batch update
-    gptq_clip: bool = False  # GPTQ: shrink each group's range by AWQ's clip search (H-weighted)
+    gptq_clip: bool = True  # GPTQ: shrink each group's range by AWQ's clip search (H-weighted)
     awq_grid: int = 20  # AWQ: alpha values tried in [0, 1)
     awq_clip: bool = True  # AWQ: also search a clipping ratio per row and group
     awq_duo: bool = True  # AWQ: also try s = x^a / w^(1-a) ("duo scaling", awq.py)

@@ -18,7 +18,8 @@ from ..models.decoder import Decoder
 
 class NativeDecoder:
     """Offers what `generate` uses of a Decoder (`config`, `device`, `dtype`, `new_cache`, calling
-    it); (1, 1) steps on a plain float32 cache without padding run the native step."""
+    it); (1, 1) steps on a plain cache (K/V in float32, or float16 under kv_dtype "float16") without
+    padding run the native step."""
 
     def __init__(self, model: Decoder):
         self.model = model
@@ -39,7 +40,7 @@ class NativeDecoder:
     def covers(self, input_ids: torch.Tensor, cache: Cache | None, attention_mask: torch.Tensor | None) -> bool:
         """Whether this call runs the native step (else the eager model)."""
         return (input_ids.shape == (1, 1) and attention_mask is None and type(cache) is Cache
-                and cache.kv_dtype == "float" and cache.dtype == torch.float32 and not cache.full_view
+                and cache.kv_dtype in ("float", "float16") and cache.dtype == torch.float32 and not cache.full_view
                 and not cache.window_ring and not cache.has_padding and cache.attend_for is None
                 and all(type(s) is KVSlot for s in cache.slots if s is not None))
 

@@ -16,10 +16,10 @@
 //
 // The plan is built once from a model (kernels/decode_step.py says which models qualify); it holds
 // references to the weight tensors, not copies, and scratch buffers of its own, so one plan serves
-// one decoding thread at a time. K/V caches are the model's own (Cache's KVSlot
-// tensors, (1, H_kv, capacity, D) float32): the step writes the new token's K and V at `pos` and
-// attends over positions 0..pos. The reference is the eager Decoder on the same cache: tests pin
-// the logits together.
+// one decoding thread at a time. K/V caches are the model's own (Cache's KVSlot tensors,
+// (1, H_kv, capacity, D), float32, or float16 as llama.cpp keeps them): the step writes the new
+// token's K and V at `pos` and attends over positions 0..pos. The reference is the eager Decoder on
+// the same cache: tests pin the logits together.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -27,7 +27,9 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -53,22 +55,43 @@ struct Block {
   int64_t a, b;  // attention: qkv, out; mlp: in ([gate; up]), out
 };
 
+// The attention of one token, split into parts for the pool: each KV head's positions are cut into
+// `split` ranges, and part (kv, i) runs the KV head's G query heads over range i (KernelTable::attend);
+// attention() then merges the parts of each head. With SmolLM2's 3 KV heads and 2 threads, 3 parts
+// would leave one thread idle a third of the time; 6 keep both busy.
 struct AttendJob {
   const KernelTable* k;
-  const float* q;      // (H, D)
-  const float* kc;     // (H_kv, capacity, D)
-  const float* vc;
-  int64_t S, D, capacity, group;  // group: query heads per KV head
+  const float* q;      // (H, D): query heads of KV head kv are rows kv * G .. kv * G + G
+  const void* kc;      // (H_kv, capacity, D) float32, or float16 when f16
+  const void* vc;
+  bool f16;
+  int64_t S, D, capacity, G, split, chunk;  // chunk: positions per part (the last may be shorter)
   float scale;
-  float* scores;       // (H, S)
-  float* out;          // (H, D)
+  float* scores;       // (parts, G, chunk)
+  float* out;          // (parts, G, D) unnormalised
+  float* m;            // (parts, G)
+  float* l;            // (parts, G)
 };
 
-void attend_chunk(void* ctx, int64_t h) {
+void attend_part(void* ctx, int64_t part) {
   const auto* j = static_cast<const AttendJob*>(ctx);
-  const int64_t kv = h / j->group;
-  j->k->attend_head(j->q + h * j->D, j->kc + kv * j->capacity * j->D, j->vc + kv * j->capacity * j->D, j->S, j->D,
-                    j->D, j->scale, j->scores + h * j->S, j->out + h * j->D);
+  const int64_t kv = part / j->split, s0 = (part % j->split) * j->chunk;
+  const int64_t n = std::min(j->chunk, j->S - s0);
+  if (n <= 0) {  // an empty range: contributes nothing to the merge
+    for (int64_t g = 0; g < j->G; ++g) j->m[part * j->G + g] = -3.0e38f, j->l[part * j->G + g] = 0.0f;
+    for (int64_t i = 0; i < j->G * j->D; ++i) j->out[part * j->G * j->D + i] = 0.0f;
+    return;
+  }
+  const int64_t off = (kv * j->capacity + s0) * j->D;
+  const float* q = j->q + kv * j->G * j->D;
+  float *scores = j->scores + part * j->G * j->chunk, *out = j->out + part * j->G * j->D;
+  if (j->f16) {
+    j->k->attend_f16(q, j->G, static_cast<const uint16_t*>(j->kc) + off, static_cast<const uint16_t*>(j->vc) + off, n,
+                     j->D, j->D, j->scale, scores, out, j->m + part * j->G, j->l + part * j->G);
+  } else {
+    j->k->attend(q, j->G, static_cast<const float*>(j->kc) + off, static_cast<const float*>(j->vc) + off, n, j->D,
+                 j->D, j->scale, scores, out, j->m + part * j->G, j->l + part * j->G);
+  }
 }
 
 class DecodePlan : public torch::CustomClassHolder {
@@ -142,17 +165,20 @@ class DecodePlan : public torch::CustomClassHolder {
     TORCH_CHECK(static_cast<int64_t>(k_caches.size()) == n_attention_ &&
                     static_cast<int64_t>(v_caches.size()) == n_attention_,
                 "DecodePlan: one K and one V cache per attention block (", n_attention_, ")");
+    const auto cache_type = n_attention_ ? k_caches[0].scalar_type() : at::kFloat;
+    TORCH_CHECK(cache_type == at::kFloat || cache_type == at::kHalf, "DecodePlan: caches must be float32 or float16");
     for (int64_t i = 0; i < n_attention_; ++i) {
       for (const at::Tensor* c : {&k_caches[i], &v_caches[i]}) {
         TORCH_CHECK(c->dim() == 4 && c->size(0) == 1 && c->size(1) == hkv_ && c->size(3) == hd_ &&
-                        c->scalar_type() == at::kFloat && c->is_contiguous(),
-                    "DecodePlan: caches must be contiguous float32 (1, ", hkv_, ", capacity, ", hd_, ")");
+                        c->scalar_type() == cache_type && c->is_contiguous(),
+                    "DecodePlan: caches must be contiguous, all float32 or all float16, (1, ", hkv_, ", capacity, ",
+                    hd_, ")");
         TORCH_CHECK(pos >= 0 && pos < c->size(2), "DecodePlan: position ", pos, " is past the cache's capacity ",
                     c->size(2));
       }
     }
     const KernelTable* k = kernels();
-    reserve(pos + 1);
+    reserve();
     float* x = x_.data();
     std::memcpy(x, embedding_.data_ptr<float>() + token * d_, d_ * sizeof(float));
     rope_tables(pos);
@@ -191,13 +217,12 @@ class DecodePlan : public torch::CustomClassHolder {
                 "DecodePlan: norm weights must be contiguous float32 (d_model,)");
   }
 
-  void reserve(int64_t S) {
+  void reserve() {
     const int64_t widest = std::max({d_, (h_ + 2 * hkv_) * hd_, 2 * d_ff_, h_ * hd_});
     for (auto* v : {&x_, &h_in_, &out_, &wide_, &act_, &gsum_, &dx_}) {
       if (static_cast<int64_t>(v->size()) < widest) v->resize(widest);
     }
     if (static_cast<int64_t>(xq_.size()) < widest) xq_.resize(widest);
-    if (static_cast<int64_t>(scores_.size()) < h_ * S) scores_.resize(h_ * S);
   }
 
   // cos/sin of pos * inv_freq in float32, as rope_cos_sin computes them
@@ -256,17 +281,32 @@ class DecodePlan : public torch::CustomClassHolder {
     matmul(k, linear(b.a), h, qkv);
     for (int64_t head = 0; head < h_ + hkv_; ++head) rope(qkv + head * hd_);  // q heads, then k heads
     const int64_t capacity = kc.size(2);
-    float* kd = kc.data_ptr<float>();
-    float* vd = vc.data_ptr<float>();
     const float* knew = qkv + h_ * hd_;
     const float* vnew = knew + hkv_ * hd_;
+    const bool f16 = kc.scalar_type() == at::kHalf;
     for (int64_t g = 0; g < hkv_; ++g) {
-      std::memcpy(kd + (g * capacity + pos) * hd_, knew + g * hd_, hd_ * sizeof(float));
-      std::memcpy(vd + (g * capacity + pos) * hd_, vnew + g * hd_, hd_ * sizeof(float));
+      const int64_t at_pos = (g * capacity + pos) * hd_;
+      if (f16) {  // rounded to nearest even, as the eager slot's copy into its float16 storage
+        at::Half* kd = kc.data_ptr<at::Half>() + at_pos;
+        at::Half* vd = vc.data_ptr<at::Half>() + at_pos;
+        for (int64_t d = 0; d < hd_; ++d) kd[d] = knew[g * hd_ + d], vd[d] = vnew[g * hd_ + d];
+      } else {
+        std::memcpy(kc.data_ptr<float>() + at_pos, knew + g * hd_, hd_ * sizeof(float));
+        std::memcpy(vc.data_ptr<float>() + at_pos, vnew + g * hd_, hd_ * sizeof(float));
+      }
     }
-    AttendJob job{k, qkv, kd, vd, pos + 1, hd_, capacity, h_ / hkv_,
-                  1.0f / std::sqrt(static_cast<float>(hd_)), scores_.data(), act_.data()};
-    parallel_chunks(h_, at::get_num_threads(), attend_chunk, &job);
+    const int64_t S = pos + 1, G = h_ / hkv_, threads = at::get_num_threads();
+    // split a KV head's positions only when the parts stay long enough to be worth a task
+    const int64_t split = S >= 64 * threads ? threads / std::gcd(hkv_, threads) : 1;
+    const int64_t chunk = (S + split - 1) / split, parts = hkv_ * split;
+    part_out_.resize(parts * G * hd_);
+    part_m_.resize(parts * G);
+    part_l_.resize(parts * G);
+    if (static_cast<int64_t>(scores_.size()) < parts * G * chunk) scores_.resize(parts * G * chunk);
+    AttendJob job{k, qkv, kc.data_ptr(), vc.data_ptr(), f16, S, hd_, capacity, G, split, chunk, 1.0f / std::sqrt(static_cast<float>(hd_)),
+                  scores_.data(), part_out_.data(), part_m_.data(), part_l_.data()};
+    parallel_chunks(parts, threads, attend_part, &job);
+    merge_parts(split, G);
     matmul(k, linear(b.b), act_.data(), out_.data());
   }
 
@@ -279,6 +319,26 @@ class DecodePlan : public torch::CustomClassHolder {
     matmul(k, linear(b.b), act_.data(), out_.data());
   }
 
+  // head h's output = sum_i e^(m_i - M) out_i / sum_i e^(m_i - M) l_i over its parts i, M = max m_i
+  void merge_parts(int64_t split, int64_t G) {
+    float* o = act_.data();
+    for (int64_t h = 0; h < h_; ++h) {
+      const int64_t kv = h / G, g = h % G;
+      float top = -3.0e38f;
+      for (int64_t i = 0; i < split; ++i) top = std::max(top, part_m_[(kv * split + i) * G + g]);
+      float total = 0.0f;
+      for (int64_t d = 0; d < hd_; ++d) o[h * hd_ + d] = 0.0f;
+      for (int64_t i = 0; i < split; ++i) {
+        const int64_t p = (kv * split + i) * G + g;
+        const float w = std::exp(part_m_[p] - top);
+        total += w * part_l_[p];
+        for (int64_t d = 0; d < hd_; ++d) o[h * hd_ + d] += w * part_out_[p * hd_ + d];
+      }
+      const float inv = 1.0f / total;
+      for (int64_t d = 0; d < hd_; ++d) o[h * hd_ + d] *= inv;
+    }
+  }
+
   int64_t d_, h_, hkv_, hd_, d_ff_ = 0, n_attention_ = 0, lm_head_ = -1;
   float eps_;
   at::Tensor inv_freq_, embedding_, final_norm_;
@@ -287,6 +347,7 @@ class DecodePlan : public torch::CustomClassHolder {
   // scratch, sized by reserve(): the residual stream, the block input, a block's output, the
   // widest matmul output, the attention output or SwiGLU product, prepared activations, scores
   std::vector<float> x_, h_in_, out_, wide_, act_, gsum_, dx_, scores_, cos_, sin_;
+  std::vector<float> part_out_, part_m_, part_l_;  // attention parts before merge_parts
   std::vector<int8_t> xq_;
 };
 

@@ -75,8 +75,15 @@ struct KernelTable {
   // rows n0..n1 of the weight, dequantized into out (n1 - n0, K) float32 (the formulas above)
   void (*dequantize)(const QWeight* w, int64_t n0, int64_t n1, float* out);
   // the float math of a decode step besides the matmuls (decode_math.h)
-  void (*attend_head)(const float* q, const float* k, const float* v, int64_t S, int64_t D, int64_t stride,
-                      float scale, float* scores, float* out);
+  // one part of a decode step's attention: G query heads q (G, D) sharing one K/V head, over S
+  // cached positions (rows `stride` floats apart): m[g] = max score, l[g] = sum_s e^(score - m[g]),
+  // out (G, D) = sum_s e^(score - m[g]) v_s, not normalised (the caller merges the parts of a
+  // sequence split between threads, as flash-decoding does). scores: G * S floats of scratch.
+  // attend_f16: the same over a float16 cache (K/V as IEEE half bits).
+  void (*attend)(const float* q, int64_t G, const float* k, const float* v, int64_t S, int64_t D, int64_t stride,
+                 float scale, float* scores, float* out, float* m, float* l);
+  void (*attend_f16)(const float* q, int64_t G, const uint16_t* k, const uint16_t* v, int64_t S, int64_t D,
+                     int64_t stride, float scale, float* scores, float* out, float* m, float* l);
   void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
 };
 

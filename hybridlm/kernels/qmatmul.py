@@ -26,7 +26,7 @@ ACT_MODES = ("exact", "fast")
 NATIVE_FORMATS = ("int4", "int8", "lut4")  # lut8 (FP8 emulation) runs the reference
 _UNITS = (Unit("qmatmul_ops.cpp", uses_torch=True), Unit("decode_step.cpp", uses_torch=True),
           Unit("qmatmul_avx2.cpp"), Unit("qmatmul_avx512.cpp"), Unit("qmatmul_portable.cpp"), Unit("threadpool.cpp"))
-_HEADERS = ("qmatmul.h", "qmatmul_ops.h", "qmatmul_x86.h", "decode_math.h", "threadpool.h")
+_HEADERS = ("qmatmul.h", "qmatmul_ops.h", "qmatmul_x86.h", "decode_math.h", "decode_math_x86.h", "threadpool.h")
 
 
 class _State:

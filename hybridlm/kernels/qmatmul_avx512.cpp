@@ -14,12 +14,13 @@
 #define HLM_VNNI 1
 #include "qmatmul_x86.h"
 #include "decode_math.h"
+#include "decode_math_x86.h"
 #pragma GCC pop_options
 
 namespace hlm {
 namespace {
 const KernelTable TABLE = {"avx512_vnni", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize,
-                           attend_head, silu_mul};
+                           attend_x86<float>, attend_x86<uint16_t>, silu_mul};
 }
 const KernelTable* kernels_avx512() { return &TABLE; }
 }  // namespace hlm

@@ -12,24 +12,6 @@ namespace {
 
 constexpr int64_t BLOCK = 32;
 
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {  // zero or subnormal: mant * 2^-24, exact in float32
-    float f = static_cast<float>(mant) * 5.9604644775390625e-8f;
-    memcpy(&bits, &f, 4);
-    bits |= sign;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float out;
-  memcpy(&out, &bits, 4);
-  return out;
-}
-
 float load_param(const void* p, int f16, int64_t i) {
   return f16 ? f16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
 }
@@ -173,7 +155,7 @@ void dequantize(const QWeight* w, int64_t n0, int64_t n1, float* out) {
 }
 
 const KernelTable TABLE = {"portable", prepare_fast, prepare_exact, matmul_fast, matmul_exact, dequantize,
-                           attend_head, silu_mul};
+                           attend_plain<float>, attend_plain<uint16_t>, silu_mul};
 
 }  // namespace
 

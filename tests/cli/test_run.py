@@ -194,12 +194,25 @@ def test_generate_and_info_on_a_hybrid_checkpoint(cli, tmp_path):
 
 def test_generate_with_an_int8_kv_cache(cli):
     args = ["generate", "smollm2-135m", "The capital of France is", "--json", "--ignore-eos", *GREEDY]
-    _, plain, _ = cli(*args)
+    _, plain, _ = cli(*args, "--kv-cache", "float")
     code, int8, _ = cli(*args, "--kv-cache", "int8")
     plain, int8 = json.loads(plain), json.loads(int8)
     assert code == 0
     assert int8["token_ids"][:4] == plain["token_ids"][:4]
     assert int8["cache_bytes"] < 0.3 * plain["cache_bytes"]  # int8 codes + a float32 scale per 64 values
+
+
+def test_the_gguf_default_keeps_float16_kv_as_llama_cpp_does(cli):
+    # auto: the native step with int8 activations stores K/V in float16; exact activations keep float32
+    args = ["generate", "smollm2-135m", "The capital of France is", "--json", "--ignore-eos", *GREEDY]
+    outs = {}
+    for name, extra in (("auto", []), ("float", ["--kv-cache", "float"]), ("exact", ["--quant-act", "exact"])):
+        code, out, _ = cli(*args, *extra)
+        assert code == 0
+        outs[name] = json.loads(out)
+    assert outs["auto"]["cache_bytes"] * 2 == outs["float"]["cache_bytes"]
+    assert outs["exact"]["cache_bytes"] == outs["float"]["cache_bytes"]
+    assert outs["auto"]["token_ids"][:4] == outs["float"]["token_ids"][:4]
 
 
 def test_info_reports_the_int8_kv_cache(cli):

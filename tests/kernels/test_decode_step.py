@@ -90,6 +90,30 @@ def test_every_instruction_set(isa):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("kv_dtype", ["float", "float16"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_long_contexts_split_between_threads(isa, threads, kv_dtype):
+    # head dim 64 takes the x86 units' vector attention (16 does not); 200 cached positions are
+    # split into parts per KV head across the threads and merged (decode_step.cpp, merge_parts);
+    # a float16 cache (llama.cpp's K/V type) is written and read as the eager slot does
+    model = tiny_model(seed=3, d_model=384, n_heads=6, n_kv_heads=3, n_layers=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, got, ref_cache, cache = decode_both(model, prompt_len=200, steps=6, cache_kwargs={"kv_dtype": kv_dtype})
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    n = ref_cache.length
+    for a, b in zip(ref_cache.slots, cache.slots):
+        if a is not None:
+            assert b.k.dtype == (torch.float16 if kv_dtype == "float16" else torch.float32)
+            # float16: one rounding step (2^-10 relative) where the float32 values straddle a boundary
+            rtol = 2.0 ** -10 if kv_dtype == "float16" else 1e-5
+            for x, y in ((b.k, a.k), (b.v, a.v)):
+                torch.testing.assert_close(x[:, :, :n], y[:, :, :n], rtol=rtol, atol=1e-5 * y.abs().max().item())
+
+
 def test_biases_mha_and_mqa():
     for heads in (4, 1):  # MHA, MQA
         model = tiny_model(seed=2, n_kv_heads=heads, qkv_bias=True, attn_out_bias=True, mlp_bias=True)
