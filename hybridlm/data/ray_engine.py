@@ -63,6 +63,8 @@ class RayOptions:
     def __post_init__(self):
         if self.partition_docs < 1 or self.reducers < 1:
             raise DataError("--partition-docs and --reducers must be at least 1")
+        if self.object_store_mb is not None and self.object_store_mb < 75:
+            raise DataError(f"--object-store-mb must be at least 75 (Ray's minimum), got {self.object_store_mb}")
         if self.workers is not None and self.workers < 1:
             raise DataError(f"--ray-workers must be at least 1, got {self.workers}")
 
