@@ -207,6 +207,7 @@ class RayEngine:
                 report.info = {"n": index.n, "eval_documents": index.documents,
                                "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
                 reports.append(report)
+            signatures.close()
         for report in reports:
             log(report.summary(), self.show)
         kept = []

@@ -4,7 +4,7 @@ Curation keeps, per document, only a `DocRef` (its index, source and length in c
 fixed-size numbers (exact key, LSH band keys: streaming.py); the text goes to a `DiskStore`, one
 JSON line per document in a spill file, and comes back by index when documents.jsonl and the shards
 are written. Token ids take the same road (`IdStore`): each distinct document is encoded once, its
-ids appended to a flat file and read back through a memory map in the mixed order.
+ids appended to a flat file and read back by positioned reads in the mixed order.
 
 `MemoryStore` is the reference beside it: the same interface over a list in memory (what `prepare`
 did before streaming); a test holds both to the same output bytes.
@@ -13,6 +13,7 @@ did before streaming); a test holds both to the same output bytes.
 from __future__ import annotations
 
 import json
+import os
 from array import array
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -76,6 +77,15 @@ class DiskStore:
         self._out.close()
 
 
+def read_rows(fd: int, first: int, count: int, dtype, width: int = 1) -> np.ndarray:
+    """`count` rows of `width` items of `dtype` from row `first` of a flat file, by one positioned
+    read. Not a memory map: pages a map touches count in the process's resident memory, and the
+    shards are written in a shuffled order that would touch all of them."""
+    size = np.dtype(dtype).itemsize * width
+    data = os.pread(fd, count * size, first * size)
+    return np.frombuffer(data, dtype=dtype).reshape(count, width) if width > 1 else np.frombuffer(data, dtype=dtype)
+
+
 class IdStore:
     """Token id arrays of documents, appended to a flat uint32 file and read back by document index."""
 
@@ -84,7 +94,7 @@ class IdStore:
         self._out = self.path.open("wb")
         self._where: dict[int, tuple[int, int]] = {}  # document index -> (first id, count)
         self._size = 0
-        self._map = None
+        self._fd = None
 
     def append(self, index: int, ids: np.ndarray) -> None:
         self._out.write(np.asarray(ids, dtype=np.uint32).tobytes())
@@ -92,12 +102,14 @@ class IdStore:
         self._size += ids.size
 
     def __getitem__(self, index: int) -> np.ndarray:
-        if self._map is None:
+        if self._fd is None:
             self._out.close()
-            self._map = np.memmap(self.path, dtype=np.uint32, mode="r") if self._size else np.zeros(0, np.uint32)
+            self._fd = os.open(self.path, os.O_RDONLY)
         start, count = self._where[index]
-        return np.asarray(self._map[start:start + count])
+        return read_rows(self._fd, start, count, np.uint32)
 
     def close(self) -> None:
         self._out.close()
-        self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -17,6 +17,7 @@ through its shuffles and shares `account` (the reports) with this file.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +29,7 @@ from .documents import StageReport, log, merge_reports, progress
 from .extract import extract
 from .filters import quality_filter
 from .minhash import MinHasher, band_keys, candidate_pairs_of_keys, cluster_pairs, lsh_bands
-from .store import DocRef
+from .store import DocRef, read_rows
 
 PARTITION_DOCS = 2000  # raw records per partition: the text in memory at once is about this many documents
 
@@ -45,35 +46,43 @@ def partitions(records: Iterator, size: int) -> Iterator[list]:
 
 
 class SignatureRows:
-    """(N, K) uint32 signatures appended to a file; rows read back through a memory map, optionally
-    through a list of row numbers (`rows(subset)`), so `cluster_pairs` reads only what it needs."""
+    """(N, K) uint32 signatures appended to a file; rows read back by positioned reads, through a list
+    of row numbers (`rows(subset)`), so `cluster_pairs` reads only the candidates' rows."""
 
     def __init__(self, path: Path, num_perm: int):
         self.path, self.num_perm, self.count = path, num_perm, 0
         self._out = path.open("wb")
-        self._map = None
+        self._fd = None
 
     def append(self, signatures: np.ndarray) -> None:
         self._out.write(np.ascontiguousarray(signatures, dtype=np.uint32).tobytes())
         self.count += len(signatures)
 
     def rows(self, subset: np.ndarray) -> "_Rows":
-        if self._map is None:
+        if self._fd is None:
             self._out.close()
-            self._map = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.count, self.num_perm)) \
-                if self.count else np.zeros((0, self.num_perm), np.uint32)
-        return _Rows(self._map, subset)
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return _Rows(self, subset)
+
+    def row(self, i: int) -> np.ndarray:
+        return read_rows(self._fd, int(i), 1, np.uint32, self.num_perm)[0]
+
+    def close(self) -> None:
+        self._out.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Rows:
-    def __init__(self, table: np.ndarray, subset: np.ndarray):
+    def __init__(self, table: SignatureRows, subset: np.ndarray):
         self.table, self.subset = table, subset
 
     def __len__(self) -> int:
         return len(self.subset)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.table[self.subset[i]])
+        return self.table.row(self.subset[i])
 
 
 def account(stage: str, refs: list[DocRef], alive: np.ndarray, before: np.ndarray, reason: str) -> StageReport:
@@ -157,6 +166,7 @@ def curate_streaming(config, records: Iterator, store, show: bool,
             report.info = {"n": index.n, "eval_documents": index.documents,
                            "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
             reports.append(report)
+        signatures.close()
     for report in reports:
         log(report.summary(), show)
     return [r for r, a in zip(refs, alive) if a], reports

@@ -16,9 +16,9 @@ with P = exp(S - l) and delta = rowsum(dO * O), each rank adds dQ for its querie
 the block it holds, and the block's dK, dV travel with it, arriving home after cp steps.
 
 Everything is computed in float32. The all-gather form (context.py `GatherKV`) is the reference
-this is tested against. Not built: overlapping the transfer with the block's compute (the sends
-are issued before the block is computed, but gloo's CPU transfers complete synchronously), and
-load-balanced (zig-zag) chunking.
+this is tested against. Not built: overlapping the transfer with the block's compute (each step's
+exchange completes before its block is computed; on NCCL the isend/irecv could run on a side
+stream while the block computes), and load-balanced (zig-zag) chunking.
 """
 
 from __future__ import annotations
