@@ -12,7 +12,7 @@ the corpus by Ray tasks, the way NeMo Curator scales its pipeline.
              bucket's candidate pairs with the local engine's rule (minhash.bucket_pairs). So a pair
              of near duplicates in different partitions still meets: dedup is global, not per partition
     driver:  the candidate pairs are verified and clustered exactly as locally (minhash.cluster_pairs)
-    driver:  the kept documents' texts, fetched one partition at a time, go to the spill store
+    driver:  each partition's texts, fetched as it completes (in order), go to the spill store
     tokenize: the mixed documents are encoded by tasks over chunks, a bounded number in flight
 
 Split, mix and shard writing are the local engine's own code on the driver, so the output (kept
@@ -20,11 +20,12 @@ documents, shard bytes, manifest hash) is identical to `--engine local`. A worke
 retried by Ray (tasks are pure functions of their inputs: max_retries), so a killed worker loses
 and duplicates nothing.
 
-Memory: the driver never holds more than one partition's texts. It keeps what the local streaming
-engine keeps (streaming.py): a DocRef, an exact-dedup verdict and a contamination verdict per
-document, signatures spilled to disk as they arrive. The partitions' texts wait in Ray's object
-store until the driver has fetched the kept ones (Ray spills its store to disk when it fills;
-`object_store_mb` caps it for a local Ray).
+Memory: at most 2 partitions per CPU are in flight (raw records and texts in Ray's object store);
+the driver holds one partition's texts at a time, writing them to the spill store as the local
+engine does (streaming.py), and keeps its small records: a DocRef and a contamination verdict per
+document, signatures spilled to disk as they arrive. What stays in Ray's store until the end are
+the map tasks' small results (exact keys, signatures: ~0.6 KB a document), which Ray spills to
+disk beyond `object_store_mb`.
 """
 
 from __future__ import annotations
@@ -164,27 +165,37 @@ class RayEngine:
 
     # -- curation -------------------------------------------------------------------------------
     def curate(self, config, records: Iterator, store) -> tuple[list[DocRef], list[StageReport]]:
-        """The local `curate` (extract -> filters -> exact -> near -> decontaminate) on Ray: the kept
-        documents go to `store`; -> their refs in corpus order, and the stage reports."""
+        """The local `curate` (extract -> filters -> exact -> near -> decontaminate) on Ray: every
+        extracted and filtered text goes to `store` as its partition completes; -> the kept
+        documents' refs in corpus order, and the stage reports."""
         ray, opts = self.ray, self.options
         index = EvalNgrams.from_files(config.decontam.files, config.decontam.n) if config.decontam.files else None
         decontam = ray.put((index, config.decontam.min_shared)) if index is not None and index.hashes.size else None
-        maps = [self.map_partition.remote(i, batch, config, opts.reducers, decontam, opts.kill_once)
-                for i, batch in enumerate(progress(partitions(records, opts.partition_docs), "ray map", self.show,
-                                                   unit="part"))]
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
         with tempfile.TemporaryDirectory(prefix="hybridlm-signatures-") as tmp:
             num_perm = config.near_dedup.num_perm if config.near_dedup is not None else 1
             signatures = SignatureRows(Path(tmp) / "signatures.u32", num_perm)
-            refs, counts, dirty, extracts, filters = [], [], bytearray(), [], []
-            for m in maps:  # one partition's small results at a time, in corpus order
+            refs, counts, dirty, extracts, filters, maps = [], [], bytearray(), [], [], []
+
+            def collect(m) -> None:  # one partition's results, in corpus order; its texts into the store
                 res = ray.get(m[0])
-                refs += [DocRef(len(refs) + i, s, c) for i, (s, c) in enumerate(zip(res.sources, res.chars))]
+                refs.extend(store.append(d) for d in ray.get(m[1]))
+                m[1] = None  # the texts leave Ray's object store
                 counts.append(res.n)
-                dirty += bytes(res.contaminated)
+                dirty.extend(bytes(res.contaminated))
                 extracts.append(res.extract)
                 filters.append(res.filters)
                 if res.signatures is not None:
                     signatures.append(res.signatures)
+
+            # a bounded number of partitions in flight: the raw records wait in the reader, not in Ray
+            for i, batch in enumerate(progress(partitions(records, opts.partition_docs), "ray map", self.show,
+                                               unit="part")):
+                maps.append(self.map_partition.remote(i, batch, config, opts.reducers, decontam, opts.kill_once))
+                if len(maps) - len(counts) > window:
+                    collect(maps[len(counts)])
+            for m in maps[len(counts):]:
+                collect(m)
             offsets = np.cumsum([0] + counts).tolist()  # global positions in the extract+filter output
             reports = [merge_reports(extracts, "extract")]
             if config.filters is not None:
@@ -210,12 +221,7 @@ class RayEngine:
             signatures.close()
         for report in reports:
             log(report.summary(), self.show)
-        kept = []
-        for k, m in enumerate(maps):  # the texts, one partition at a time, into the store
-            docs = ray.get(m[1])
-            kept += [store.append(d) for i, d in enumerate(docs) if alive[offsets[k] + i]]
-            del docs
-        return kept, reports
+        return [r for r, a in zip(refs, alive) if a], reports
 
     def _exact(self, maps, offsets) -> list[int]:
         """Positions (in the extract+filter output) of exact duplicates, through shuffle 1."""
