@@ -19,6 +19,11 @@ stages (each prints what it kept and removed; the counts are also in manifest.js
 output: DIR/manifest.json (sources, weights, stage counts, tokenizer, content hash), train_*.bin,
 val_*.bin, documents.jsonl (the curated text) and tokenizer/.
 
+memory: the corpus streams through partitions of 2,000 records; the texts wait in a spill file
+beside DIR (.hybridlm-spill-*, removed at the end: it needs about the corpus's size on that disk)
+and only small records per document stay in memory (about 0.4 KB measured), so corpora larger than RAM
+prepare.
+
 examples:
   hybridlm data prepare --default --out data/pydoc
   hybridlm data prepare prose=notes/ code=src/ --ext .md,.py --mix prose=0.7,code=0.3 --out data/mine
@@ -81,11 +86,12 @@ def cmd_prepare(args) -> int:
         from ..data.ray_engine import RayOptions
 
         ray = RayOptions(address=args.ray_address, workers=_int_or_none(args.ray_workers, "--ray-workers"),
-                         partition_docs=_int_or_none(args.partition_docs, "--partition-docs"))
-    elif args.ray_address or args.ray_workers:
+                         partition_docs=_int_or_none(args.partition_docs, "--partition-docs"),
+                         object_store_mb=_int_or_none(args.object_store_mb, "--object-store-mb"))
+    elif args.ray_address or args.ray_workers or args.object_store_mb:
         from ..data.documents import DataError
 
-        raise DataError("--ray-address and --ray-workers need --engine ray")
+        raise DataError("--ray-address, --ray-workers and --object-store-mb need --engine ray")
     prepare(args.out, config, overwrite=args.overwrite, ray=ray)
     return 0
 
@@ -160,6 +166,9 @@ def _register_prepare(sub) -> None:
                    help="CPUs of the local Ray started without --ray-address (default: all)")
     g.add_argument("--partition-docs", default="2000", metavar="N",
                    help="raw records per Ray map task (default 2000)")
+    g.add_argument("--object-store-mb", default=None, metavar="MIB",
+                   help="object store of the local Ray started without --ray-address, in MiB (default: Ray's, "
+                        "30%% of RAM); the partitions' texts wait there and Ray spills them to disk beyond it")
     p.set_defaults(func=cmd_prepare)
 
 

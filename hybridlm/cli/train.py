@@ -41,7 +41,7 @@ def _override(text: str) -> tuple[str, object]:
 
 def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     """One option per TrainConfig field (those in `skip` left out; `defaults` replace the dataclass's)."""
-    from ..train.config import PRECISIONS, TrainConfig
+    from ..train.config import CP_ATTENTIONS, PP_SCHEDULES, PRECISIONS, TrainConfig
 
     docs = _field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -60,7 +60,8 @@ def _add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), 
         else:
             kind = {"int": int, "float": float}.get(f.type.split(" |")[0], str)
             default = None if f.default is dataclasses.MISSING else (defaults or {}).get(f.name, f.default)
-            extra = {"choices": PRECISIONS} if f.name == "precision" else {}
+            choices = {"precision": PRECISIONS, "pp_schedule": PP_SCHEDULES, "cp_attention": CP_ATTENTIONS}
+            extra = {"choices": choices[f.name]} if f.name in choices else {}
             suffix = "" if f.name in _REQUIRED or default is None else f" (default {default})"
             p.add_argument(flag, dest=f.name, type=kind, default=default, required=f.name in _REQUIRED,
                            help=help_text + suffix, **extra)
@@ -100,7 +101,11 @@ def register(sub) -> None:
                     "(--resume continues the newest exactly) and, at the end, RUN_DIR/model as an HF checkpoint "
                     "that `hybridlm generate` and transformers load. On several devices run it under torchrun: "
                     "`torchrun --nproc-per-node N -m hybridlm train ...` (DDP; --fsdp shards with FSDP2; --tp T splits "
-                    "each model copy over T ranks by heads and channels, with FSDP2 over the other N / T).")
+                    "each model copy over T ranks by heads and channels, with FSDP2 over the other N / T; --pp M cuts "
+                    "the blocks into M pipeline stages; --ep E spreads the MoE experts over E = N ranks; --cp C splits "
+                    "every sequence over C ranks). Supported layouts: data parallel x one of --tp, --pp, --ep, --cp, "
+                    "and --tp x --cp; DDP or --fsdp on the data-parallel ranks, except --pp and --ep (DDP's "
+                    "all-reduce, done by hand). Anything else is refused before the run starts.")
     _add_config_options(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary of the run on stdout")
     p.set_defaults(func=cmd_train)

@@ -22,6 +22,11 @@ class Document:
     source: str  # the source's name; mix weights refer to it
     origin: str  # where it came from: a path, path:line for JSONL, path#row for parquet, pydoc:topic
 
+    @property
+    def chars(self) -> int:
+        """Its size for mixing (store.DocRef carries the same number without the text)."""
+        return len(self.text)
+
 
 @dataclass
 class StageReport:
@@ -68,6 +73,23 @@ class StageReport:
                 "by_source": {s: {k: c[k] for k in ("in", "kept", "removed")}
                               for s, c in sorted(self.by_source.items())},
                 **({"info": self.info} if self.info else {})}
+
+
+def merge_reports(reports: list[StageReport], stage: str) -> StageReport:
+    """One report of `stage` from the reports of its partitions (counts add; extract's info too)."""
+    out = StageReport(stage)
+    encodings, replaced = Counter(), 0
+    for r in reports:
+        out.docs_in += r.docs_in
+        out.kept += r.kept
+        out.removed.update(r.removed)
+        for source, counts in r.by_source.items():
+            out._source(source).update(counts)
+        encodings.update(r.info.get("encodings", {}))
+        replaced += r.info.get("replacement_chars", 0)
+    if stage == "extract":
+        out.info = {"encodings": dict(encodings), "replacement_chars": replaced}
+    return out
 
 
 def progress(items: Iterable[T], stage: str, enabled: bool, total: int | None = None, unit: str = "doc") -> Iterator[T]:

@@ -178,10 +178,13 @@ def html_to_text(html: str) -> str:
 
 
 # -- the stage ------------------------------------------------------------------------------------
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(text: str) -> str:
     """One newline convention, no lone surrogates (JSON can carry them), no NULs, no outer blank space."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    if any("\ud800" <= ch <= "\udfff" for ch in text):
+    if _SURROGATE.search(text):  # a regex, not a loop over characters: this ran for a fifth of curation
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text.strip()
 

@@ -15,6 +15,7 @@ estimated Jaccard reaches the threshold.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,31 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> set[tuple[
     return pairs
 
 
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(N, bands) uint64: each band of each (N, K) signature row hashed to 8 bytes (BLAKE2b), so a
+    document's LSH buckets take 8 bytes a band in memory instead of 4 x rows. Two different bands
+    collide with probability 2^-64: the candidates are the same as `candidate_pairs`'s."""
+    out = np.empty((len(signatures), bands), dtype=np.uint64)
+    for band in range(bands):
+        block = np.ascontiguousarray(signatures[:, band * rows:(band + 1) * rows])  # (N, r)
+        out[:, band] = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
+                        for row in block]
+    return out
+
+
+def candidate_pairs_of_keys(keys: np.ndarray) -> set[tuple[int, int]]:
+    """`candidate_pairs` from the band keys (N, bands) of `band_keys`: the same buckets, the same pairs."""
+    pairs: set[tuple[int, int]] = set()
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        sorted_keys = keys[order, band]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        for lo, hi in zip(starts, np.r_[starts[1:], len(order)]):
+            if hi - lo > 1:
+                pairs.update(bucket_pairs([int(m) for m in order[lo:hi]]))
+    return pairs
+
+
 def bucket_pairs(members: list[int]) -> list[tuple[int, int]]:
     """The candidate pairs (i, j), i < j, of the documents sharing one LSH bucket."""
     members = sorted(members)
@@ -128,7 +154,8 @@ def near_duplicate_groups(signatures: np.ndarray, config: MinHashConfig) -> tupl
 
 def cluster_pairs(signatures: np.ndarray, pairs: set[tuple[int, int]], threshold: float) -> np.ndarray:
     """(N,) cluster representative (earliest member) of each row of (N, K) signatures, joining the
-    candidate pairs whose estimated Jaccard reaches the threshold (in sorted pair order)."""
+    candidate pairs whose estimated Jaccard reaches the threshold (in sorted pair order). Only the
+    rows of candidate pairs are read, so `signatures` may be a view of rows on disk (len and [i])."""
     parent = np.arange(len(signatures))
 
     def root(i: int) -> int:

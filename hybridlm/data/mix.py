@@ -87,7 +87,7 @@ def mix(docs: list[Document], config: MixConfig, sources: list[str], split: str 
     those left out (reason: not_sampled)."""
     rng = np.random.default_rng([config.seed, sum(map(ord, split))])
     by_source = {s: [d for d in docs if d.source == s] for s in sources}
-    sizes = {s: np.array([len(d.text) for d in ds], dtype=np.int64) for s, ds in by_source.items()}
+    sizes = {s: np.array([d.chars for d in ds], dtype=np.int64) for s, ds in by_source.items()}
     available = {s: int(sizes[s].sum()) for s in sources}
     if not sum(available.values()):
         raise DataError(f"no {split} documents left after curation (see the stage counts)")

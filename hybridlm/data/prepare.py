@@ -11,7 +11,10 @@ The output directory holds the shards and manifest.json, plus
                       (what `hybridlm tokenizer train DIR` trains on: the train split)
     tokenizer/        the tokenizer the ids belong to (tokenizer.json, tokenizer_config.json)
 It is written into a temporary sibling and renamed at the end: an interrupted or failed run leaves
-nothing. The whole corpus is held in memory: this is sized for corpora up to a few GB of text.
+nothing. Memory stays bounded: the corpus streams through curation in partitions (streaming.py),
+the texts wait in a spill file beside the output and only small per-document records (store.DocRef,
+keys, band keys) stay in memory; `in_memory=True` runs the list-based stages on the whole corpus
+in memory instead, the reference the streaming path is tested against.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +36,7 @@ from ..tokenizer import Tokenizer
 from .decontam import DecontamConfig, EvalNgrams, decontaminate
 from .dedup import exact_dedup, near_dedup
 from .default_corpus import default_sources
-from .documents import DataError, Document, StageReport, log
+from .documents import DataError, Document, StageReport, log, progress
 from .extract import extract
 from .filters import FilterConfig, quality_filter
 from .minhash import MinHashConfig
@@ -40,6 +44,8 @@ from .mix import MixConfig, mix
 from .shards import read_manifest, token_dtype, write_manifest, write_split
 from .sources import DEFAULT_EXTENSIONS, ReadOptions, Source, parse_inputs
 from .split import split_documents
+from .store import DiskStore, DocRef, IdStore, MemoryStore
+from .streaming import curate_streaming
 from .tokenization import encode_documents, resolve_tokenizer, separator_id
 
 if TYPE_CHECKING:  # importing the options here would import nothing of Ray, but keep the door one-way
@@ -118,27 +124,45 @@ def curate(config: PrepareConfig, sources: list[Source]) -> tuple[list[Document]
     return docs, reports
 
 
-def _write_documents(path: Path, splits: dict[str, list[Document]]) -> None:
+def _write_documents(path: Path, store, splits: dict[str, list[DocRef]]) -> None:
     with atomic_file(path, "w") as f:
-        for split, docs in splits.items():
-            for d in docs:
+        for split, refs in splits.items():
+            for d in store.read(r.index for r in refs):
                 f.write(json.dumps({"text": d.text, "source": d.source, "origin": d.origin, "split": split},
                                    ensure_ascii=False) + "\n")
 
 
-def _token_stream(docs: list[Document], ids: dict[int, np.ndarray], sep: int | None, dtype: np.dtype,
+def _token_stream(refs: list[DocRef], ids: IdStore, sep: int | None, dtype: np.dtype,
                   digest: Any, per_source: dict[str, int]) -> Iterator[np.ndarray]:
     """Each document's ids with the separator after it, hashed into `digest` as they pass."""
     tail = np.array([sep] if sep is not None else [], dtype=np.uint32)
-    for doc in docs:
-        arr = np.concatenate([ids[id(doc)], tail])
-        per_source[doc.source] = per_source.get(doc.source, 0) + arr.size
+    for ref in refs:
+        arr = np.concatenate([ids[ref.index], tail])
+        per_source[ref.source] = per_source.get(ref.source, 0) + arr.size
         digest.update(arr.astype(dtype).tobytes())
         yield arr
 
 
-def _mix_splits(splits: dict[str, list[Document]], config: MixConfig, names: list[str],
-                show: bool) -> tuple[dict[str, list[Document]], StageReport]:
+def _encode_into(ids: IdStore, store, refs: list[DocRef], tokenizer: Tokenizer, show: bool, engine,
+                 batch: int = 512) -> None:
+    """Encode each of `refs` (distinct, in index order) once, here or by `engine`'s workers, texts
+    streamed from the store a batch at a time."""
+    def batches():
+        for start in range(0, len(refs), batch):
+            chunk = refs[start:start + batch]
+            yield [r.index for r in chunk], [d.text for d in store.read(r.index for r in chunk)]
+
+    if engine is not None:
+        encoded = engine.encode_batches(batches(), tokenizer)
+    else:
+        encoded = ((indices, encode_documents(texts, tokenizer)) for indices, texts in batches())
+    for indices, arrays in progress(encoded, "tokenize", show, total=-(-len(refs) // batch), unit="batch"):
+        for index, arr in zip(indices, arrays):
+            ids.append(index, arr)
+
+
+def _mix_splits(splits: dict[str, list[DocRef]], config: MixConfig, names: list[str],
+                show: bool) -> tuple[dict[str, list[DocRef]], StageReport]:
     """Mix each split; the report counts unique documents kept or left out, its info what was achieved."""
     report, mixed, achieved = StageReport("mix"), {}, {}
     for split, docs in splits.items():
@@ -155,16 +179,14 @@ def _mix_splits(splits: dict[str, list[Document]], config: MixConfig, names: lis
     return mixed, report
 
 
-def _write_tokens(tmp: Path, mixed: dict[str, list[Document]], tokenizer: Tokenizer, tok_info: dict[str, Any],
-                  shard_tokens: int, show: bool, engine=None) -> dict[str, Any]:
+def _write_tokens(tmp: Path, spill: Path, store, mixed: dict[str, list[DocRef]], tokenizer: Tokenizer,
+                  tok_info: dict[str, Any], shard_tokens: int, show: bool, engine=None) -> dict[str, Any]:
     """Encode each distinct document once (here, or by `engine`'s workers), write the splits' shards;
     the manifest fields they give."""
     sep = separator_id(tokenizer)
-    unique = list({id(d): d for docs in mixed.values() for d in docs}.values())
-    texts = [d.text for d in unique]
-    encoded = engine.encode_documents(texts, tokenizer) if engine is not None else \
-        encode_documents(texts, tokenizer, show_progress=show)
-    ids = dict(zip(map(id, unique), encoded))
+    unique = sorted({r.index: r for refs in mixed.values() for r in refs}.values(), key=lambda r: r.index)
+    ids = IdStore(spill / "ids.u32")
+    _encode_into(ids, store, unique, tokenizer, show, engine)
     dtype, digest = token_dtype(tokenizer.vocab_size), hashlib.sha256()
     digest.update(json.dumps([str(dtype), tokenizer.vocab_size, sep, tok_info["sha256"]]).encode())
     splits, tokens_by_source = {}, {}
@@ -173,6 +195,7 @@ def _write_tokens(tmp: Path, mixed: dict[str, list[Document]], tokenizer: Tokeni
         digest.update(split.encode())
         stream = _token_stream(docs, ids, sep, dtype, digest, tokens_by_source[split])
         splits[split] = write_split(tmp, split, stream, tokenizer.vocab_size, shard_tokens)
+    ids.close()
     log(f"tokenize: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
         f"({dtype.name})", show)
     if tokenizer.eos_token is None and sep is not None:  # so the saved tokenizer names the separator as eos
@@ -192,11 +215,12 @@ def _config_record(config: PrepareConfig) -> dict[str, Any]:
 
 
 def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = False,
-            ray: "RayOptions | None" = None) -> dict[str, Any]:
+            ray: "RayOptions | None" = None, in_memory: bool = False) -> dict[str, Any]:
     """Build the dataset directory `out` (see the module docstring); returns its manifest.
 
     An existing non-empty `out` is an error unless `overwrite`; nothing is written on failure.
-    ray: run curation and tokenization as Ray tasks (ray_engine.py); the output is the same."""
+    ray: run curation and tokenization as Ray tasks (ray_engine.py); the output is the same.
+    in_memory: the reference path (the corpus in memory, list-based stages); the output is the same."""
     start, show = time.perf_counter(), config.show_progress
     if Path(out).exists() and not Path(out).is_dir():
         raise DataError(f"--out {out} is a file, not a directory")
@@ -210,25 +234,37 @@ def prepare(out: str | os.PathLike, config: PrepareConfig, overwrite: bool = Fal
             from .ray_engine import RayEngine
 
             engine = stack.enter_context(RayEngine(ray, show))
-        manifest = _prepare_into(out, config, sources, tokenizer, tok_info, overwrite, engine)
+        manifest = _prepare_into(out, config, sources, tokenizer, tok_info, overwrite, engine, in_memory)
     log(f"wrote {out} (version {manifest['version']}) in {time.perf_counter() - start:.1f} s", show)
     return read_manifest(out)
 
 
 def _prepare_into(out, config: PrepareConfig, sources: list[Source], tokenizer: Tokenizer, tok_info: dict,
-                  overwrite: bool, engine) -> dict[str, Any]:
+                  overwrite: bool, engine, in_memory: bool = False) -> dict[str, Any]:
     show, names = config.show_progress, [s.name for s in sources]
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        docs, reports = curate(config, sources) if engine is None else engine.curate(config, _records(sources))
-        if not docs:
+    parent = Path(out).resolve().parent  # the spill files go beside the output, on its disk (not a RAM /tmp)
+    parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out, overwrite=overwrite) as tmp, \
+            tempfile.TemporaryDirectory(prefix=".hybridlm-spill-", dir=parent) as spill_dir:
+        spill = Path(spill_dir)
+        store = MemoryStore() if in_memory else DiskStore(spill / "documents.jsonl")
+        if engine is not None:
+            refs, reports = engine.curate(config, _records(sources), store)
+        elif in_memory:
+            docs, reports = curate(config, sources)
+            refs = [store.append(d) for d in docs]
+        else:
+            refs, reports = curate_streaming(config, _records(sources), store, show)
+        if not refs:
             raise DataError("no documents left after curation (see the stage counts above)")
-        train, val, split_report = split_documents(docs, config.val_fraction, config.seed)
+        train, val, split_report = split_documents(refs, config.val_fraction, config.seed)
         reports.append(split_report)
         log(f"split: {len(train):,} train and {len(val):,} validation documents", show)
-        _write_documents(tmp / DOCUMENTS, {"train": train, "val": val})
+        _write_documents(tmp / DOCUMENTS, store, {"train": train, "val": val})
         mixed, mix_report = _mix_splits({"train": train, "val": val}, config.mix, names, show)
         reports.append(mix_report)
-        manifest = _write_tokens(tmp, mixed, tokenizer, tok_info, config.shard_tokens, show, engine)
+        manifest = _write_tokens(tmp, spill, store, mixed, tokenizer, tok_info, config.shard_tokens, show, engine)
+        store.close()
         manifest |= {
             "sources": {s.name: {"inputs": s.inputs} for s in sources},
             "weights": {s: a["target_share"] for s, a in mix_report.info["achieved"]["train"].items()},

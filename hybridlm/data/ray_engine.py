@@ -12,22 +12,27 @@ the corpus by Ray tasks, the way NeMo Curator scales its pipeline.
              bucket's candidate pairs with the local engine's rule (minhash.bucket_pairs). So a pair
              of near duplicates in different partitions still meets: dedup is global, not per partition
     driver:  the candidate pairs are verified and clustered exactly as locally (minhash.cluster_pairs)
-    tokenize: the mixed documents are encoded by tasks over chunks
+    driver:  each partition's texts, fetched as it completes (in order), go to the spill store
+    tokenize: the mixed documents are encoded by tasks over chunks, a bounded number in flight
 
 Split, mix and shard writing are the local engine's own code on the driver, so the output (kept
 documents, shard bytes, manifest hash) is identical to `--engine local`. A worker that dies is
 retried by Ray (tasks are pure functions of their inputs: max_retries), so a killed worker loses
 and duplicates nothing.
 
-Not bounded in memory: the driver still gathers the kept documents' text for split, mix and
-writing, as the local engine holds them.
+Memory: at most 2 partitions per CPU are in flight (raw records and texts in Ray's object store);
+the driver holds one partition's texts at a time, writing them to the spill store as the local
+engine does (streaming.py), and keeps its small records: a DocRef and a contamination verdict per
+document, signatures spilled to disk as they arrive. What stays in Ray's store until the end are
+the map tasks' small results (exact keys, signatures: ~0.6 KB a document), which Ray spills to
+disk beyond `object_store_mb`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,10 +42,12 @@ import numpy as np
 
 from .decontam import EvalNgrams
 from .dedup import exact_key
-from .documents import DataError, Document, StageReport, log, progress
+from .documents import DataError, StageReport, log, merge_reports, progress
 from .extract import extract
 from .filters import quality_filter
-from .minhash import MinHasher, bucket_pairs, cluster_pairs, lsh_bands
+from .minhash import MinHasher, bucket_pairs, lsh_bands
+from .store import DocRef
+from .streaming import SignatureRows, account, near_verdicts, partitions
 from .tokenization import encode_documents
 
 
@@ -51,11 +58,14 @@ class RayOptions:
     partition_docs: int = 2000  # raw records per map task
     reducers: int = 4  # shuffle partitions of each dedup stage
     max_retries: int = 3  # times Ray re-runs a task whose worker died
+    object_store_mb: int | None = None  # object store of the local Ray started without an address, in MiB (None: Ray's default, 30% of RAM); Ray spills to disk beyond it
     kill_once: str | None = None  # fault injection for tests: a marker path; the first map task of partition 1 that finds it missing creates it and kills its own worker
 
     def __post_init__(self):
         if self.partition_docs < 1 or self.reducers < 1:
             raise DataError("--partition-docs and --reducers must be at least 1")
+        if self.object_store_mb is not None and self.object_store_mb < 75:
+            raise DataError(f"--object-store-mb must be at least 75 (Ray's minimum), got {self.object_store_mb}")
         if self.workers is not None and self.workers < 1:
             raise DataError(f"--ray-workers must be at least 1, got {self.workers}")
 
@@ -82,9 +92,9 @@ def _map_partition(index: int, records: list, config, reducers: int, decontam, k
     buckets = [[] for _ in range(reducers)]
     for i, key in enumerate(keys):
         buckets[_bucket(key, reducers)].append((key, (index, i)))  # tuples order as the corpus does
-    result = SimpleNamespace(docs=docs, extract=extract_report, filters=filter_report, signatures=signatures,
-                             contaminated=dirty)
-    return (result, *buckets)
+    result = SimpleNamespace(n=len(docs), sources=[d.source for d in docs], chars=[d.chars for d in docs],
+                             extract=extract_report, filters=filter_report, signatures=signatures, contaminated=dirty)
+    return (result, docs, *buckets)  # the texts apart: the driver fetches them only to store the kept ones
 
 
 def _exact_reduce(*buckets) -> list[tuple[int, int]]:
@@ -121,33 +131,6 @@ def _encode(texts: list[str], tokenizer_json: str) -> list[np.ndarray]:
     return encode_documents(texts, SimpleNamespace(backend=Backend.from_str(tokenizer_json)))
 
 
-def _merge(reports: list[StageReport], stage: str) -> StageReport:
-    out = StageReport(stage)
-    encodings, replaced = Counter(), 0
-    for r in reports:
-        out.docs_in += r.docs_in
-        out.kept += r.kept
-        out.removed.update(r.removed)
-        for source, counts in r.by_source.items():
-            out._source(source).update(counts)
-        encodings.update(r.info.get("encodings", {}))
-        replaced += r.info.get("replacement_chars", 0)
-    if stage == "extract":
-        out.info = {"encodings": dict(encodings), "replacement_chars": replaced}
-    return out
-
-
-def _partitions(records: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for raw in records:
-        batch.append(raw)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class RayEngine:
     """A connection to Ray (started here, or joined) for one `prepare`; use as a context manager."""
 
@@ -165,10 +148,11 @@ class RayEngine:
             if self.options.address is not None:
                 ray.init(address=self.options.address, log_to_driver=False)
             else:  # a private local cluster, reachable only from this machine
+                store = self.options.object_store_mb
                 ray.init(num_cpus=self.options.workers, include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
+                         _node_ip_address="127.0.0.1", object_store_memory=store * 2**20 if store else None)
         remote = lambda f, **kw: ray.remote(max_retries=self.options.max_retries, **kw)(f)  # noqa: E731
-        self.map_partition = remote(_map_partition, num_returns=1 + self.options.reducers)
+        self.map_partition = remote(_map_partition, num_returns=2 + self.options.reducers)
         self.exact_reduce = remote(_exact_reduce)
         self.band_keys = remote(_band_keys, num_returns=self.options.reducers)
         self.band_reduce = remote(_band_reduce)
@@ -180,93 +164,97 @@ class RayEngine:
             self.ray.shutdown()
 
     # -- curation -------------------------------------------------------------------------------
-    def curate(self, config, records: Iterator) -> tuple[list[Document], list[StageReport]]:
-        """The local `curate` (extract -> filters -> exact -> near -> decontaminate) on Ray."""
+    def curate(self, config, records: Iterator, store) -> tuple[list[DocRef], list[StageReport]]:
+        """The local `curate` (extract -> filters -> exact -> near -> decontaminate) on Ray: every
+        extracted and filtered text goes to `store` as its partition completes; -> the kept
+        documents' refs in corpus order, and the stage reports."""
         ray, opts = self.ray, self.options
         index = EvalNgrams.from_files(config.decontam.files, config.decontam.n) if config.decontam.files else None
         decontam = ray.put((index, config.decontam.min_shared)) if index is not None and index.hashes.size else None
-        maps = [self.map_partition.remote(i, batch, config, opts.reducers, decontam, opts.kill_once)
-                for i, batch in enumerate(progress(_partitions(records, opts.partition_docs), "ray map", self.show,
-                                                   unit="part"))]
-        results = ray.get([m[0] for m in maps])
-        # global positions in the extract+filter output, partition by partition
-        offsets = np.cumsum([0] + [len(r.docs) for r in results]).tolist()
-        docs = [d for r in results for d in r.docs]
-        reports = [_merge([r.extract for r in results], "extract")]
-        log(reports[-1].summary(), self.show)
-        if config.filters is not None:
-            reports.append(_merge([r.filters for r in results], "filters"))
-            log(reports[-1].summary(), self.show)
-        alive = np.ones(len(docs), dtype=bool)
-        if config.exact_dedup:
-            dup = self._exact(maps, offsets)
-            alive[dup] = False
-            reports.append(self._report("exact_dedup", docs, alive, np.ones(len(docs), bool), "exact_duplicate"))
-            log(reports[-1].summary(), self.show)
-        if config.near_dedup is not None:
-            before = alive.copy()
-            alive &= self._near(config, docs, maps, results, offsets, before, reports)
-            log(reports[-1].summary(), self.show)
-        if index is not None:
-            before = alive.copy()
-            alive &= ~np.array([c for r in results for c in r.contaminated], dtype=bool)
-            report = self._report("decontaminate", docs, alive, before, "contaminated")
-            report.info = {"n": index.n, "eval_documents": index.documents,
-                           "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
-            reports.append(report)
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        with tempfile.TemporaryDirectory(prefix="hybridlm-signatures-") as tmp:
+            num_perm = config.near_dedup.num_perm if config.near_dedup is not None else 1
+            signatures = SignatureRows(Path(tmp) / "signatures.u32", num_perm)
+            refs, counts, dirty, extracts, filters, maps = [], [], bytearray(), [], [], []
+
+            def collect(m) -> None:  # one partition's results, in corpus order; its texts into the store
+                res = ray.get(m[0])
+                refs.extend(store.append(d) for d in ray.get(m[1]))
+                m[1] = None  # the texts leave Ray's object store
+                counts.append(res.n)
+                dirty.extend(bytes(res.contaminated))
+                extracts.append(res.extract)
+                filters.append(res.filters)
+                if res.signatures is not None:
+                    signatures.append(res.signatures)
+
+            # a bounded number of partitions in flight: the raw records wait in the reader, not in Ray
+            for i, batch in enumerate(progress(partitions(records, opts.partition_docs), "ray map", self.show,
+                                               unit="part")):
+                maps.append(self.map_partition.remote(i, batch, config, opts.reducers, decontam, opts.kill_once))
+                if len(maps) - len(counts) > window:
+                    collect(maps[len(counts)])
+            for m in maps[len(counts):]:
+                collect(m)
+            offsets = np.cumsum([0] + counts).tolist()  # global positions in the extract+filter output
+            reports = [merge_reports(extracts, "extract")]
+            if config.filters is not None:
+                reports.append(merge_reports(filters, "filters"))
+            alive = np.ones(len(refs), dtype=bool)
+            if config.exact_dedup:
+                alive[self._exact(maps, offsets)] = False
+                reports.append(account("exact_dedup", refs, alive, np.ones(len(refs), bool), "exact_duplicate"))
+            if config.near_dedup is not None:
+                before = alive.copy()
+                keep, info = near_verdicts(None, signatures, before, config.near_dedup,
+                                           self._near_pairs(config, maps, counts, offsets, before))
+                alive &= keep
+                reports.append(account("near_dedup", refs, alive, before, "near_duplicate"))
+                reports[-1].info = info
+            if index is not None:
+                before = alive.copy()
+                alive &= ~np.frombuffer(bytes(dirty), dtype=bool)
+                report = account("decontaminate", refs, alive, before, "contaminated")
+                report.info = {"n": index.n, "eval_documents": index.documents,
+                               "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
+                reports.append(report)
+            signatures.close()
+        for report in reports:
             log(report.summary(), self.show)
-        return [d for d, a in zip(docs, alive) if a], reports
+        return [r for r, a in zip(refs, alive) if a], reports
 
     def _exact(self, maps, offsets) -> list[int]:
         """Positions (in the extract+filter output) of exact duplicates, through shuffle 1."""
         ray, r = self.ray, self.options.reducers
-        reduced = ray.get([self.exact_reduce.remote(*[m[1 + b] for m in maps]) for b in range(r)])
+        reduced = ray.get([self.exact_reduce.remote(*[m[2 + b] for m in maps]) for b in range(r)])
         return sorted(offsets[k] + i for part in reduced for k, i in part)
 
-    def _near(self, config, docs, maps, results, offsets, before: np.ndarray, reports: list) -> np.ndarray:
-        """Near-duplicate verdicts (True = keep) over the exact-dedup survivors, through shuffle 2."""
+    def _near_pairs(self, config, maps, counts, offsets, before: np.ndarray) -> set[tuple[int, int]]:
+        """Candidate pairs (positions among the exact-dedup survivors), through shuffle 2."""
         ray, r = self.ray, self.options.reducers
         bands, rows = lsh_bands(config.near_dedup.threshold, config.near_dedup.num_perm)
-        survivors = np.flatnonzero(before)  # global index of each position in the near-dedup input
-        position_of = {int(g): p for p, g in enumerate(survivors)}
+        position = np.cumsum(before) - 1  # global index -> its position among the survivors
         shuffled = []
-        for k, res in enumerate(results):
-            locals_ = [i for i in range(len(res.docs)) if before[offsets[k] + i]]
-            positions = [position_of[offsets[k] + i] for i in locals_]
+        for k, n in enumerate(counts):
+            locals_ = [i for i in range(n) if before[offsets[k] + i]]
+            positions = [int(position[offsets[k] + i]) for i in locals_]
             refs = self.band_keys.remote(maps[k][0], positions, locals_, bands, rows, r)  # the result stays in Ray's store
             shuffled.append(refs if r > 1 else [refs])
-        pairs = {tuple(p) for part in ray.get([self.band_reduce.remote(*[s[b] for s in shuffled]) for b in range(r)])
-                 for p in part}
-        sigs = np.concatenate([res.signatures for res in results if res.signatures is not None]) \
-            if survivors.size else np.zeros((0, config.near_dedup.num_perm), np.uint32)
-        signatures = sigs[survivors]
-        groups = cluster_pairs(signatures, pairs, config.near_dedup.threshold)
-        keep_pos = groups == np.arange(len(survivors))
-        keep = np.ones(len(before), dtype=bool)
-        keep[survivors[~keep_pos]] = False
-        report = self._report("near_dedup", docs, keep & before, before, "near_duplicate")
-        duplicated = set(groups[~keep_pos].tolist())
-        report.info = {"threshold": config.near_dedup.threshold, "num_perm": config.near_dedup.num_perm,
-                       "shingle": config.near_dedup.shingle, "bands": bands, "rows": rows,
-                       "clusters_with_duplicates": len(duplicated)}
-        reports.append(report)
-        return keep
-
-    @staticmethod
-    def _report(stage: str, docs: list[Document], alive: np.ndarray, before: np.ndarray, reason: str) -> StageReport:
-        report = StageReport(stage)
-        for doc, was, kept in zip(docs, before, alive):
-            if not was:
-                continue
-            if kept:
-                report.keep(doc)
-            else:
-                report.remove(doc.source, reason)
-        return report
+        return {tuple(p) for part in ray.get([self.band_reduce.remote(*[s[b] for s in shuffled]) for b in range(r)])
+                for p in part}
 
     # -- tokenization ---------------------------------------------------------------------------
-    def encode_documents(self, texts: list[str], tokenizer, chunk: int = 512) -> list[np.ndarray]:
+    def encode_batches(self, batches: Iterator, tokenizer) -> Iterator:
+        """(indices, texts) batches -> (indices, id arrays), in order, encoded by tasks; at most two
+        tasks per CPU in flight, so the texts on their way stay bounded."""
         ray = self.ray
         tok = ray.put(tokenizer.backend.to_str())
-        refs = [self.encode.remote(texts[i:i + chunk], tok) for i in range(0, len(texts), chunk)]
-        return [ids for part in ray.get(refs) for ids in part]
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: list = []
+        for indices, texts in batches:
+            pending.append((indices, self.encode.remote(texts, tok)))
+            if len(pending) >= window:
+                indices, ref = pending.pop(0)
+                yield indices, ray.get(ref)
+        for indices, ref in pending:
+            yield indices, ray.get(ref)

@@ -17,8 +17,10 @@ numpy memory maps, so a dataset larger than memory trains fine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -41,33 +43,35 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_split(out_dir: str | os.PathLike, split: str, token_arrays: Iterable[np.ndarray], vocab_size: int,
                 shard_tokens: int = 2**26) -> dict:
     """Write the concatenated arrays as `split_00000.bin`, ... (each at most shard_tokens ids).
-    Each file is written atomically. Returns the manifest entry {"files": [...], "tokens": n}."""
+    Each file is written atomically, array by array as they come (nothing is buffered: memory does
+    not grow with the shard size). Returns the manifest entry {"files": [...], "tokens": n}."""
     out_dir, dtype = Path(out_dir), token_dtype(vocab_size)
-    files, total, buffer, held = [], 0, [], 0
-
-    def flush() -> None:
-        nonlocal buffer, held
-        if not held:
-            return
-        name = f"{split}_{len(files):05d}.bin"
-        with atomic_file(out_dir / name, "wb") as f:
-            np.concatenate(buffer).astype(dtype).tofile(f)
-        files.append(name)
-        buffer, held = [], 0
-
-    for arr in token_arrays:
-        arr = np.asarray(arr)
-        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-            raise ShardError(f"token ids outside [0, {vocab_size}) in split {split!r}")
-        while arr.size:
-            take = arr[: shard_tokens - held]
-            buffer.append(take)
-            held += take.size
-            total += take.size
-            arr = arr[take.size:]
-            if held == shard_tokens:
-                flush()
-    flush()
+    files, total, held, shard = [], 0, 0, None  # shard: (its atomic_file context, the handle, its name)
+    try:
+        for arr in token_arrays:
+            arr = np.asarray(arr)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                raise ShardError(f"token ids outside [0, {vocab_size}) in split {split!r}")
+            while arr.size:
+                if shard is None:
+                    name, stack = f"{split}_{len(files):05d}.bin", contextlib.ExitStack()
+                    shard = (stack, stack.enter_context(atomic_file(out_dir / name, "wb")), name)
+                take = arr[: shard_tokens - held]
+                take.astype(dtype).tofile(shard[1])
+                held += take.size
+                total += take.size
+                arr = arr[take.size:]
+                if held == shard_tokens:
+                    shard[0].close()  # fsync and rename into place
+                    files.append(shard[2])
+                    shard, held = None, 0
+        if shard is not None:
+            shard[0].close()
+            files.append(shard[2])
+    except BaseException:
+        if shard is not None:  # the half-written shard's temporary goes away
+            shard[0].__exit__(*sys.exc_info())
+        raise
     return {"files": files, "tokens": total}
 
 

@@ -59,15 +59,17 @@ class StageModule(nn.Module):
         return self.lm_head(self.final_norm(x)) if self.is_last else x
 
 
-def check_pipeline(model: Decoder, pp: int) -> None:
-    if model.config.family != "decoder":
-        raise ValueError(f"pipeline parallelism covers decoder models; this is a {model.config.family} model")
-    if model.config.tie_embeddings and pp > 1:
+def check_pipeline(model, pp: int) -> None:
+    """Raise ValueError naming what `model` (a Decoder, or its ModelConfig) cannot split into pp stages."""
+    cfg = getattr(model, "config", model)
+    if cfg.family != "decoder":
+        raise ValueError(f"pipeline parallelism covers decoder models; this is a {cfg.family} model")
+    if cfg.tie_embeddings and pp > 1:
         raise ValueError("pipeline parallelism needs untied embeddings (the first and last stages would "
-                         "each hold, and update, their own copy of the tied matrix)")
-    if model.config.dropout:
+                         "each hold, and update, their own copy of the tied matrix): set tie_embeddings=false")
+    if cfg.dropout:
         raise ValueError("pipeline parallelism here runs without dropout (set dropout=0)")
-    stage_blocks(len(model.blocks), pp)  # raises when there are more stages than blocks
+    stage_blocks(len(cfg.blocks), pp)  # raises when there are more stages than blocks
 
 
 def build_stage(model: Decoder, pp_mesh) -> StageModule:
@@ -108,3 +110,24 @@ def pipeline_step(schedule, stage: StageModule, inputs: torch.Tensor, targets: t
         return float(torch.stack(losses).mean())
     schedule.step()
     return None
+
+
+@torch.no_grad()
+def pipeline_eval_sums(stage: StageModule, pp_mesh, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """A validation forward without the schedule: each stage receives the hidden state (B, T,
+    d_model) from the previous one and sends its own on (float32 on the wire). -> (summed
+    next-token cross-entropy, token count) on the last stage, (0.0, 0) elsewhere. Collective."""
+    import torch.distributed as dist
+
+    group, s = pp_mesh.get_group(), pp_mesh.get_local_rank()
+    x = inputs
+    if not stage.is_first:
+        b, t = inputs.shape
+        x = torch.empty(b, t, stage.config.d_model, dtype=torch.float32, device=inputs.device)
+        dist.recv(x, src=dist.get_global_rank(group, s - 1), group=group)
+    y = stage(x)
+    if not stage.is_last:
+        dist.send(y.float().contiguous(), dst=dist.get_global_rank(group, s + 1), group=group)
+        return 0.0, 0
+    loss = F.cross_entropy(y.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    return float(loss), targets.numel()

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PP_SCHEDULES = ("1f1b", "gpipe")  # parallel/pipeline.py SCHEDULES
+CP_ATTENTIONS = ("ring", "allgather")  # parallel/context.py ATTENTIONS
 
 
 class TrainConfigError(ValueError):
@@ -66,6 +68,11 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (default: torch's choice)
     fsdp: bool = False  # shard parameters, gradients and optimizer state with FSDP2 (else DDP)
     tp: int = 1  # tensor-parallel ranks per model copy (heads and channels split, parallel/tensor.py); FSDP2 over the remaining world_size / tp ranks (--fsdp: resharded after forward, ZeRO-3; else kept, ZeRO-2)
+    pp: int = 1  # pipeline stages (contiguous runs of blocks, parallel/pipeline.py; decoder models with untied embeddings, no dropout, no MoE load-balancing loss); the global batch per replica is cut into micro-batches of --micro-batch-size; the rest of the world is data parallel with DDP's all-reduce (not with --tp, --cp, --ep or --fsdp)
+    pp_schedule: str = "1f1b"  # pipeline schedule with --pp: 1f1b or gpipe (torch.distributed.pipelining)
+    ep: int = 1  # expert-parallel ranks (MoE models, parallel/expert.py): the whole world (ep = data-parallel size); each rank holds n_experts / ep experts and its own tokens, which travel by all-to-all (not with --tp, --pp or --fsdp; needs moe_capacity_factor=0)
+    cp: int = 1  # context-parallel ranks: each holds seq_len / cp tokens of every sequence (parallel/context.py; decoders without Mamba blocks, ALiBi or sliding windows); DDP or --fsdp over the data-parallel x context-parallel ranks; combines with --tp (not with --pp or --ep)
+    cp_attention: str = "ring"  # attention across the --cp ranks: ring (K/V blocks passed rank to rank, online softmax) or allgather (every rank gathers the whole K/V: the simple reference)
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,7 +92,17 @@ class TrainConfig:
             (self.eval_sequences >= 0, "eval_sequences must be non-negative"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.peak_flops is None or self.peak_flops > 0, "peak_flops must be positive"),
-            (self.tp >= 1, "tp must be at least 1"),
+            (min(self.tp, self.pp, self.ep, self.cp) >= 1, "tp, pp, ep and cp must be at least 1"),
+            (self.pp_schedule in PP_SCHEDULES, f"pp_schedule must be one of {PP_SCHEDULES}"),
+            (self.cp_attention in CP_ATTENTIONS, f"cp_attention must be one of {CP_ATTENTIONS}"),
+            (self.pp == 1 or (self.tp, self.cp, self.ep) == (1, 1, 1),
+             "--pp combines with data parallelism only (not with --tp, --cp or --ep)"),
+            (self.pp == 1 or not self.fsdp, "--pp runs DDP-style replicas over the other ranks, not --fsdp"),
+            (self.pp == 1 or self.label_smoothing == 0, "--pp trains with plain cross-entropy (no --label-smoothing)"),
+            (self.ep == 1 or (self.tp, self.cp) == (1, 1), "--ep combines with data parallelism only (not with --tp or --cp)"),
+            (self.ep == 1 or not self.fsdp, "--ep reduces gradients by hand (replicated and expert parameters over "
+                                            "different ranks), not with --fsdp"),
+            (self.qat is None or (self.pp, self.ep, self.cp) == (1, 1, 1), "--qat runs on data parallelism only"),
             (self.qat is None or self.tp == 1, "--qat and --tp do not combine (tensor parallelism splits nn.Linear "
                                                "weights; QAT replaces them with fake-quantized modules)"),
         ]

@@ -5,9 +5,13 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `setup` reads them. Without them the ru
 and the model is used as is (FSDP on one process still shards over a world of one, so the same
 code path is exercised). CUDA ranks use NCCL and device cuda:LOCAL_RANK; CPU ranks use gloo.
 
-With `tp` > 1 the world is a mesh (parallel/mesh.py): each model copy is split over `tp` ranks
-(parallel/tensor.py) and FSDP2 runs over the remaining data-parallel dimension (see `_wrap_split`),
-so 2D layouts are one command. Every rank of a TP group reads the same micro-batches (`dp_rank`).
+With `tp`, `pp`, `cp` or `ep` > 1 the world is a mesh (parallel/mesh.py). Under --tp each model
+copy is split over `tp` ranks (parallel/tensor.py) and FSDP2 runs over the remaining data-parallel
+dimension (see `_wrap_split`), so 2D layouts are one command. Under --cp every rank holds the whole
+model and a chunk of each sequence; DDP or FSDP2 spans the dp x cp ranks (`replica_mesh`), whose
+average of the chunks' mean losses is the sequence's mean. Under --pp and --ep the ranks hold
+different parameters and model_parallel.py reduces the gradients by hand. Every rank of a TP, CP
+or PP group reads the same micro-batches (`dp_rank`).
 
 Checkpoints are consolidated: `full_state` gathers full (unsharded) model and optimizer state
 dicts on rank 0, keyed by parameter name, whatever the wrapping; `load_full_state` takes the same
@@ -37,9 +41,15 @@ class DistContext:
     device: torch.device  # where this rank's model lives
     fsdp: bool  # parameters are sharded with FSDP2
     owns_group: bool  # this process created the process group and destroys it in `teardown`
-    layout: Layout = Layout()  # how the world splits: tp x pp x dp
-    mesh: object = None  # the DeviceMesh ("pp", "dp", "tp") when the model is split, else None
+    layout: Layout = Layout()  # how the world splits: tp x pp x dp x cp (and ep over dp)
+    mesh: object = None  # the DeviceMesh ("pp", "dp", "cp", "tp") when the model is split, else None
+    replica_mesh: object = None  # the 1-D mesh DDP/FSDP2 span under a mesh: dp, or dp x cp flattened
     tp: object = None  # parallel.tensor.TensorParallel once `wrap` has split the model
+
+    @property
+    def reduces_by_hand(self) -> bool:
+        """Stage or expert-split ranks: gradients reduced by model_parallel.py, not DDP or FSDP2."""
+        return self.layout.pp > 1 or self.layout.ep > 1
 
     @property
     def dp_rank(self) -> int:
@@ -74,13 +84,16 @@ class DistContext:
         return t.tolist()
 
 
-def setup(device: str = "auto", fsdp: bool = False, tp: int = 1) -> DistContext:
+def setup(device: str = "auto", fsdp: bool = False, tp: int = 1, pp: int = 1, cp: int = 1,
+          ep: int = 1) -> DistContext:
     """Join the torchrun process group when there is one (else a world of one), and build the mesh
-    when tp > 1. Mutates the global torch.distributed state and, on CUDA, the current device."""
+    for model parallelism. Mutates the global torch.distributed state and, on CUDA, the current
+    device. Raises ValueError before joining anything when the world does not split as asked."""
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    layout = Layout.for_world(world, tp=tp, pp=pp, cp=cp, ep=ep)
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if launched else (dev.index or 0))
@@ -95,9 +108,11 @@ def setup(device: str = "auto", fsdp: bool = False, tp: int = 1) -> DistContext:
         owns = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    layout = Layout.for_world(world, tp=tp)
-    mesh = build_mesh(layout, dev) if layout.model_parallel > 1 else None
-    return DistContext(rank, world, local_rank, dev, fsdp, owns, layout, mesh)
+    mesh = replicas = None
+    if layout.needs_mesh:
+        mesh = build_mesh(layout, dev)
+        replicas = mesh["dp", "cp"]._flatten("dp_cp") if layout.cp > 1 else mesh["dp"]
+    return DistContext(rank, world, local_rank, dev, fsdp, owns, layout, mesh, replicas)
 
 
 def teardown(ctx: DistContext) -> None:
@@ -111,20 +126,32 @@ def wrap(model: nn.Module, ctx: DistContext, find_unused: bool = False) -> nn.Mo
     FSDP2 shards each block, then the root (embeddings, final norm, head), so one block's full
     parameters exist at a time. find_unused: DDP must expect parameters without gradients (MoE
     experts no token was routed to). With ctx.layout.tp > 1 the model is split first (sets ctx.tp)
-    and FSDP2 spans the mesh's data-parallel dimension only."""
-    if ctx.mesh is not None:
+    and FSDP2 spans the mesh's data-parallel dimension only. With --pp this rank's stage comes back
+    (a StageModule), with --ep the model holding this rank's experts: both unwrapped."""
+    if ctx.layout.pp > 1:
+        from ..parallel.pipeline import build_stage
+
+        return build_stage(model, ctx.mesh["pp"])
+    if ctx.layout.ep > 1:
+        from ..parallel.expert import parallelize_experts
+
+        parallelize_experts(model, ctx.mesh["dp"])
+        return model
+    if ctx.layout.tp > 1:
         return _wrap_split(model, ctx, find_unused)
+    mesh = ctx.replica_mesh  # None without a mesh: the whole world
     if ctx.fsdp:
         from torch.distributed.fsdp import fully_shard
 
         for block in getattr(model, "blocks", []):
-            fully_shard(block)
-        return fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+        group = mesh.get_group() if mesh is not None else None
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused, process_group=group)
     return model
 
 
@@ -136,11 +163,11 @@ def _wrap_split(model: nn.Module, ctx: DistContext, find_unused: bool) -> nn.Mod
     from ..parallel.tensor import parallelize_tensor
 
     ctx.tp = parallelize_tensor(model, ctx.mesh["tp"])
-    if ctx.layout.dp == 1:
+    if ctx.replica_mesh.size() == 1:
         return model
     from torch.distributed.fsdp import fully_shard
 
-    dp_mesh = ctx.mesh["dp"]
+    dp_mesh = ctx.replica_mesh
     for block in model.blocks:
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=ctx.fsdp)
     return fully_shard(model, mesh=dp_mesh, reshard_after_forward=ctx.fsdp)
@@ -148,10 +175,15 @@ def _wrap_split(model: nn.Module, ctx: DistContext, find_unused: bool) -> nn.Mod
 
 def clip_grad_norm(model: nn.Module, ctx: DistContext, max_norm: float) -> float:
     """Clip the global gradient norm to max_norm (inf: measure only); returns the norm before."""
+    if ctx.reduces_by_hand:
+        from .model_parallel import clip_gradients
+
+        return clip_gradients(model, ctx, max_norm)
     if ctx.tp is not None:
         from ..parallel.tensor import clip_grad_norm as clip_split
 
-        dp_group = ctx.mesh["dp"].get_group() if ctx.layout.dp > 1 else None  # FSDP2-sharded gradients
+        replicas = ctx.replica_mesh
+        dp_group = replicas.get_group() if replicas.size() > 1 else None  # FSDP2-sharded gradients
         return float(clip_split(unwrap(model), ctx.tp, max_norm, dp_group))
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
@@ -160,6 +192,15 @@ def clip_grad_norm(model: nn.Module, ctx: DistContext, max_norm: float) -> float
 def unwrap(model: nn.Module) -> nn.Module:
     """The Decoder inside a DDP wrapper (FSDP2 modifies the module in place, so it is itself)."""
     return getattr(model, "module", model)
+
+
+def finish_gradients(model: nn.Module, ctx: DistContext) -> None:
+    """After the step's last backward: the hand-made all-reduce of stage or expert-split ranks
+    (DDP and FSDP2 have reduced during the backward already). Mutates the gradients."""
+    if ctx.reduces_by_hand:
+        from .model_parallel import reduce_gradients
+
+        reduce_gradients(model, ctx)
 
 
 @contextlib.contextmanager
@@ -188,6 +229,10 @@ def _options(ctx: DistContext, **kwargs) -> StateDictOptions:
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext) -> tuple[dict, dict]:
     """(model state dict, optimizer state dict), full and on the CPU on rank 0 ({} elsewhere when
     distributed). The optimizer's state is keyed by parameter name. A collective: every rank calls it."""
+    if ctx.reduces_by_hand:
+        from .model_parallel import gather_state
+
+        return gather_state(model, optimizer, ctx)
     if ctx.tp is not None:
         return _split_full_state(unwrap(model), optimizer, ctx)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(ctx))
@@ -201,6 +246,10 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd
     """Load full state dicts (as `full_state` returns on rank 0, given on every rank) into a wrapped
     or plain model and its optimizer; FSDP shards them. strict=False: model_sd may hold only some
     parameters (a fine-tuning checkpoint of adapters). Mutates model and optimizer."""
+    if ctx.reduces_by_hand:
+        from .model_parallel import load_state
+
+        return load_state(model, optimizer, model_sd, optim_sd)
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(full_state_dict=True, strict=strict))
 

@@ -59,6 +59,27 @@ class CausalLM:
         return lm_loss(model(batch[:, :-1]), batch[:, 1:], reduction="sum").item(), batch[:, 1:].numel()
 
 
+class ContextParallelLM:
+    """CausalLM with each sequence split over the --cp ranks: this rank's chunk of the inputs and
+    targets through `cache` (parallel/context.ContextParallelCache). Its loss is the chunk's mean,
+    which DDP or FSDP2 over the dp x cp ranks averages into the sequence's mean (equal chunks)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def _chunk(self, x: torch.Tensor) -> torch.Tensor:
+        return x.chunk(self.cache.cp, dim=1)[self.cache.rank]
+
+    def loss(self, model, batch, label_smoothing: float = 0.0, **kwargs) -> torch.Tensor:
+        logits = model(self._chunk(batch[:, :-1]), cache=self.cache, **kwargs)
+        return lm_loss(logits, self._chunk(batch[:, 1:]), label_smoothing)
+
+    def eval_sums(self, model, batch) -> tuple[float, int]:
+        targets = self._chunk(batch[:, 1:])
+        logits = model(self._chunk(batch[:, :-1]), cache=self.cache)
+        return lm_loss(logits, targets, reduction="sum").item(), targets.numel()
+
+
 class MaskedLM:
     """`mask_id` is the model's [MASK]; random replacements come from the data's own vocabulary."""
 

@@ -144,6 +144,17 @@ class Trainer:
         if cfg.activation_checkpointing:
             checkpoint_activations(base)
         self.model = distributed.wrap(base, ctx, find_unused="moe" in self.model_cfg.blocks)
+        self.pipeline = None  # --pp: this rank's stage runs under torch's schedule
+        if ctx.layout.pp > 1:
+            from .model_parallel import PipelineRunner
+
+            self.pipeline = PipelineRunner(self.model, ctx.mesh["pp"], self.accum, cfg.pp_schedule)
+        if ctx.layout.cp > 1:  # each rank computes its chunk of every sequence
+            from ..parallel.context import ContextParallelCache
+            from .objectives import ContextParallelLM
+
+            self.objective = ContextParallelLM(ContextParallelCache(distributed.unwrap(self.model), ctx.mesh["cp"],
+                                                                    cfg.seq_len, cfg.cp_attention))
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         if resume_from is not None:
@@ -207,7 +218,12 @@ class Trainer:
         set_lr(self.optimizer, lr)
         torch.manual_seed(step_seed(cfg.seed, self.step, ctx.dp_rank))  # a TP group drops out alike
         loss_sum, extra_fields = 0.0, []
-        for micro in range(self.accum):
+        if self.pipeline is not None:  # the schedule runs the accum micro-batches itself
+            share = self.global_batch // self.world
+            batch = self.batches.batch(self.samples_seen + ctx.dp_rank * share, share).to(ctx.device)
+            with self._autocast():
+                loss_sum = self.pipeline.train(batch) * self.accum
+        for micro in range(0 if self.pipeline is not None else self.accum):
             batch = self.batches.micro_batch(self.samples_seen, self.global_batch, ctx.dp_rank, self.world, micro,
                                              cfg.micro_batch_size).to(ctx.device, non_blocking=True)
             stats = new_moe_stats(self.model_cfg)
@@ -224,6 +240,7 @@ class Trainer:
                 total = total / self.accum
                 (self.scaler.scale(total) if self.scaler else total).backward()
             loss_sum += loss.item()
+        distributed.finish_gradients(self.model, ctx)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = distributed.clip_grad_norm(self.model, ctx, cfg.grad_clip or math.inf)
@@ -264,7 +281,10 @@ class Trainer:
         for batch in batches:
             batch = batch.to(self.ctx.device)
             with self._autocast():
-                batch_total, batch_count, *fields = self.objective.eval_sums(self.model, batch)
+                if self.pipeline is not None:
+                    batch_total, batch_count, *fields = self.pipeline.eval_sums(batch)
+                else:
+                    batch_total, batch_count, *fields = self.objective.eval_sums(self.model, batch)
             total += batch_total
             count += batch_count
             for key, value in (fields[0] if fields else {}).items():  # sums over the same count
@@ -385,7 +405,14 @@ def train(cfg: TrainConfig, model: Decoder | None = None, recipe: Recipe | None 
     checkpoints/, model/}. model: start from this model's weights and config instead of a fresh
     `cfg.preset` (pruning's recovery fine-tuning, finetune/); one process trains it in place.
     recipe: the data, objective and export of a fine-tuning method instead of cfg.data_dir's."""
-    ctx = distributed.setup(cfg.device, cfg.fsdp, cfg.tp)
+    if (cfg.pp, cfg.ep, cfg.cp) != (1, 1, 1):
+        if model is not None or recipe is not None:
+            raise TrainConfigError("--pp, --ep and --cp pre-train a preset (not a given model or a fine-tuning recipe)")
+        from .model_parallel import check_layout
+
+        overrides = dict(cfg.model_overrides, **({} if cfg.dropout is None else {"dropout": cfg.dropout}))
+        check_layout(cfg, get_preset(cfg.preset, **overrides))  # before anything loads
+    ctx = distributed.setup(cfg.device, cfg.fsdp, cfg.tp, cfg.pp, cfg.cp, cfg.ep)
     try:
         return Trainer(cfg, ctx, model, recipe).run()
     finally:

@@ -32,3 +32,14 @@ def test_bad_datasets_say_why(tmp_path):
     (tmp_path / entry["files"][0]).unlink()
     with pytest.raises(ShardError, match="missing"):
         TokenShards(tmp_path, "train")
+
+
+def test_a_failure_inside_a_shard_leaves_no_file(tmp_path):
+    """Shards are written array by array: the one open when the stream fails is removed, temporary included."""
+    def arrays():
+        yield np.arange(5)
+        yield np.array([5, 200])  # out of range: fails while train_00000.bin is half written
+
+    with pytest.raises(ShardError, match="outside"):
+        write_split(tmp_path, "train", arrays(), vocab_size=100, shard_tokens=1000)
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,9 @@
 """Run under torchrun (gloo, CPU), inside tp_worker.py's launch: context parallelism over 2 ranks (each
-holds half of every sequence) against the unsplit model. Rank 0 writes OUT/cp.json."""
+holds half of every sequence), with ring attention and with the all-gathered K/V, against the unsplit
+model. Rank 0 writes OUT/cp.json."""
 
 import json
+import sys
 
 import torch
 import torch.distributed as dist
@@ -20,7 +22,7 @@ MODELS = {
 T = 24
 
 
-def compare(preset, overrides, mesh):
+def compare(preset, overrides, mesh, attention):
     cp, rank = mesh.size(), mesh.get_local_rank()
     cfg = get_preset(preset, **overrides)
     ids = torch.randint(0, cfg.vocab_size, (2, T), generator=torch.Generator().manual_seed(3))
@@ -32,7 +34,7 @@ def compare(preset, overrides, mesh):
     torch.manual_seed(0)
     model = build_model(cfg)
     chunk = T // cp
-    local = context_parallel_forward(model, ids[:, rank * chunk:(rank + 1) * chunk], mesh, T)
+    local = context_parallel_forward(model, ids[:, rank * chunk:(rank + 1) * chunk], mesh, T, attention)
     targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)[:, rank * chunk:(rank + 1) * chunk]
     loss = F.cross_entropy(local.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum") / (2 * (T - 1))
     loss.backward()
@@ -50,7 +52,19 @@ def compare(preset, overrides, mesh):
 
 def run(out):
     mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("cp",))
-    results = {name: compare(preset, overrides, mesh["cp"]) for name, (preset, overrides) in MODELS.items()}
+    results = {f"{name}-{attention}": compare(preset, overrides, mesh["cp"], attention)
+               for name, (preset, overrides) in MODELS.items() for attention in ("ring", "allgather")}
     if dist.get_rank() == 0:
         with open(f"{out}/cp.json", "w") as f:
             json.dump(results, f)
+
+
+def main(out):
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    run(out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
