@@ -47,7 +47,7 @@ from .extract import extract
 from .filters import quality_filter
 from .minhash import MinHasher, bucket_pairs, lsh_bands
 from .store import DocRef
-from .streaming import SignatureRows, account, near_verdicts, partitions
+from .streaming import SignatureRows, account, decontaminate, near_verdicts, partitions
 from .tokenization import encode_documents
 
 
@@ -212,12 +212,7 @@ class RayEngine:
                 reports.append(account("near_dedup", refs, alive, before, "near_duplicate"))
                 reports[-1].info = info
             if index is not None:
-                before = alive.copy()
-                alive &= ~np.frombuffer(bytes(dirty), dtype=bool)
-                report = account("decontaminate", refs, alive, before, "contaminated")
-                report.info = {"n": index.n, "eval_documents": index.documents,
-                               "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
-                reports.append(report)
+                reports.append(decontaminate(refs, alive, dirty, index))
             signatures.close()
         for report in reports:
             log(report.summary(), self.show)

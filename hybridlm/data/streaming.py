@@ -114,6 +114,17 @@ def near_verdicts(keys: np.ndarray, signatures, before: np.ndarray, config, pair
     return keep, info
 
 
+def decontaminate(refs: list[DocRef], alive: np.ndarray, dirty: bytearray, index) -> StageReport:
+    """Drop (in `alive`, in place) the documents whose verdict byte in `dirty` says they share an
+    n-gram with the evaluation sets of `index` (an EvalNgrams); the stage's report."""
+    before = alive.copy()
+    alive &= ~np.frombuffer(bytes(dirty), dtype=bool)
+    report = account("decontaminate", refs, alive, before, "contaminated")
+    report.info = {"n": index.n, "eval_documents": index.documents,
+                   "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
+    return report
+
+
 def curate_streaming(config, records: Iterator, store, show: bool,
                      partition_docs: int = PARTITION_DOCS) -> tuple[list[DocRef], list[StageReport]]:
     """`prepare.curate` over partitions (see the module docstring): the kept documents' refs, in
@@ -160,12 +171,7 @@ def curate_streaming(config, records: Iterator, store, show: bool,
             reports.append(account("near_dedup", refs, alive, before, "near_duplicate"))
             reports[-1].info = info
         if index is not None:
-            before = alive.copy()
-            alive &= ~np.frombuffer(bytes(dirty), dtype=bool)
-            report = account("decontaminate", refs, alive, before, "contaminated")
-            report.info = {"n": index.n, "eval_documents": index.documents,
-                           "eval_documents_too_short": int(index.too_short), "eval_ngrams": int(index.hashes.size)}
-            reports.append(report)
+            reports.append(decontaminate(refs, alive, dirty, index))
         signatures.close()
     for report in reports:
         log(report.summary(), show)
