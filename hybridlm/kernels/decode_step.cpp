@@ -76,12 +76,8 @@ struct AttendJob {
 void attend_part(void* ctx, int64_t part) {
   const auto* j = static_cast<const AttendJob*>(ctx);
   const int64_t kv = part / j->split, s0 = (part % j->split) * j->chunk;
+  // never empty: chunk = ceil(S / split) and S >= split, so (split - 1) * chunk < S
   const int64_t n = std::min(j->chunk, j->S - s0);
-  if (n <= 0) {  // an empty range: contributes nothing to the merge
-    for (int64_t g = 0; g < j->G; ++g) j->m[part * j->G + g] = -3.0e38f, j->l[part * j->G + g] = 0.0f;
-    for (int64_t i = 0; i < j->G * j->D; ++i) j->out[part * j->G * j->D + i] = 0.0f;
-    return;
-  }
   const int64_t off = (kv * j->capacity + s0) * j->D;
   const float* q = j->q + kv * j->G * j->D;
   float *scores = j->scores + part * j->G * j->chunk, *out = j->out + part * j->G * j->D;

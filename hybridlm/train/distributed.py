@@ -271,24 +271,6 @@ def _split_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: D
     return model_sd, {"state": state, "param_groups": groups}
 
 
-def _load_split_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict,
-                      ctx: DistContext) -> None:
-    from ..parallel.tensor import load_full_state_dict, load_full_tensor
-
-    load_full_state_dict(model, ctx.tp, model_sd)
-    params = {name: p for p in _optimizer_params(optimizer) for name in [_optimizer_names(model, optimizer)[id(p)]]}
-    for name, saved in optim_sd["state"].items():
-        p = params[name]
-        state = optimizer.state[p]
-        state["step"] = saved["step"].clone()
-        for k, v in saved.items():
-            if k != "step":
-                state[k] = torch.zeros_like(p)
-                load_full_tensor(ctx.tp, name, state[k], v)
-    for group, saved in zip(optimizer.param_groups, optim_sd["param_groups"]):
-        group.update({k: v for k, v in saved.items() if k != "params"})
-
-
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
