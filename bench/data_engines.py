@@ -5,6 +5,7 @@ checked equal to the local one.
 
     python -m bench.data_engines --mb 32 128            # two sizes 4x apart: is the peak memory flat?
     python -m bench.data_engines --mb 8 --in-memory     # also the in-memory reference (grows with the corpus)
+    python -m bench.data_engines --mb 2048 --corpus-dir /var/tmp/corpora   # a few GB, the corpus kept for the next run
 
 Each run is a fresh subprocess: wall time, documents/s and the peak memory of the whole process
 tree (driver + Ray's raylet, GCS and workers, summed over the processes with psutil): resident sets
@@ -69,6 +70,20 @@ def write_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
     return docs
 
 
+def corpus_file(folder: Path, megabytes: float) -> tuple[Path, int]:
+    """The synthetic corpus of `megabytes` in `folder` and its document count: generated unless a
+    complete one is there (its count file is written last, so a half-written corpus is made again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus, count = folder / f"corpus-{megabytes:g}mib.jsonl", folder / f"corpus-{megabytes:g}mib.count"
+    if not count.exists():
+        start = time.perf_counter()
+        docs = write_corpus(corpus, megabytes)
+        count.write_text(str(docs))
+        progress(f"corpus: {docs:,} documents, {corpus.stat().st_size / 2**20:.1f} MiB "
+                 f"(generated in {time.perf_counter() - start:.0f} s)")
+    return corpus, int(count.read_text())
+
+
 def _peak_tree_rss(proc: subprocess.Popen, box: dict) -> None:
     """Sample the memory of proc and its descendants until it exits: the sum of their resident sets
     (shared pages, Ray's object store among them, counted once per process that maps them) and of
@@ -124,17 +139,16 @@ def main(argv=None) -> None:
     ap.add_argument("--in-memory", action="store_true", help="also run the in-memory reference (prepare in_memory=True)")
     ap.add_argument("--object-store-mb", type=int, default=512, help="object store of the local Ray (default 512)")
     ap.add_argument("--workdir", default=None, help="where the corpus and outputs go (default a temporary directory)")
+    ap.add_argument("--corpus-dir", default=None,
+                    help="keep the generated corpora here and reuse them in later runs (named by size; default: "
+                         "generated in the work directory and deleted)")
     args = ap.parse_args(argv)
     engines = [(e, 1) if e != "ray2" else ("ray", 2) for e in args.engines.split(",")]
     engines = [("ray", 1) if e == "ray1" else (e, w) for e, w in engines] + ([("memory", 1)] if args.in_memory else [])
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for mb in args.mb:
-            corpus = Path(tmp) / f"corpus-{mb:g}.jsonl"
-            start = time.perf_counter()
-            docs = write_corpus(corpus, mb)
-            progress(f"corpus: {docs:,} documents, {corpus.stat().st_size / 2**20:.1f} MiB "
-                     f"(generated in {time.perf_counter() - start:.0f} s)")
+            corpus, docs = corpus_file(Path(args.corpus_dir or tmp), mb)
             first_hash = None
             for engine, workers in engines:
                 progress(f"{mb:g} MiB: running {engine} ({workers} worker{'s' if workers > 1 else ''})")
@@ -149,7 +163,8 @@ def main(argv=None) -> None:
                 progress(f"  {rows[-1]['seconds']:.0f} s, {rows[-1]['docs_per_s']:.0f} docs/s, "
                          f"peak {rows[-1]['peak_rss_mib']:.0f} MiB RSS, {rows[-1]['peak_pss_mib']:.0f} MiB PSS")
                 subprocess.run(["rm", "-rf", str(out)])
-            corpus.unlink()
+            if args.corpus_dir is None:
+                corpus.unlink()
     print_table(rows, ["mib", "documents", "engine", "workers", "seconds", "docs_per_s", "peak_rss_mib", "peak_pss_mib",
                        "same_as_first"])
     emit_json({"bench": "data_engines", "cpu_model": cpu_model(), "rows": rows, **environment()})

@@ -143,21 +143,21 @@ def _token_stream(refs: list[DocRef], ids: IdStore, sep: int | None, dtype: np.d
         yield arr
 
 
-def _encode_into(ids: IdStore, store, refs: list[DocRef], tokenizer: Tokenizer, show: bool, engine,
+def _encode_into(ids: IdStore, store, indices: np.ndarray, tokenizer: Tokenizer, show: bool, engine,
                  batch: int = 512) -> None:
-    """Encode each of `refs` (distinct, in index order) once, here or by `engine`'s workers, texts
-    streamed from the store a batch at a time."""
+    """Encode each document of `indices` (distinct, increasing) once, here or by `engine`'s workers,
+    texts streamed from the store a batch at a time."""
     def batches():
-        for start in range(0, len(refs), batch):
-            chunk = refs[start:start + batch]
-            yield [r.index for r in chunk], [d.text for d in store.read(r.index for r in chunk)]
+        for start in range(0, len(indices), batch):
+            chunk = indices[start:start + batch].tolist()
+            yield chunk, [d.text for d in store.read(chunk)]
 
     if engine is not None:
         encoded = engine.encode_batches(batches(), tokenizer)
     else:
-        encoded = ((indices, encode_documents(texts, tokenizer)) for indices, texts in batches())
-    for indices, arrays in progress(encoded, "tokenize", show, total=-(-len(refs) // batch), unit="batch"):
-        for index, arr in zip(indices, arrays):
+        encoded = ((chunk, encode_documents(texts, tokenizer)) for chunk, texts in batches())
+    for chunk, arrays in progress(encoded, "tokenize", show, total=-(-len(indices) // batch), unit="batch"):
+        for index, arr in zip(chunk, arrays):
             ids.append(index, arr)
 
 
@@ -184,7 +184,7 @@ def _write_tokens(tmp: Path, spill: Path, store, mixed: dict[str, list[DocRef]],
     """Encode each distinct document once (here, or by `engine`'s workers), write the splits' shards;
     the manifest fields they give."""
     sep = separator_id(tokenizer)
-    unique = sorted({r.index: r for refs in mixed.values() for r in refs}.values(), key=lambda r: r.index)
+    unique = np.unique(np.fromiter((r.index for refs in mixed.values() for r in refs), dtype=np.int64))
     ids = IdStore(spill / "ids.u32")
     _encode_into(ids, store, unique, tokenizer, show, engine)
     dtype, digest = token_dtype(tokenizer.vocab_size), hashlib.sha256()

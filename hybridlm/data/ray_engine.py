@@ -2,35 +2,36 @@
 the corpus by Ray tasks, the way NeMo Curator scales its pipeline.
 
     driver: read sources -> partitions of raw records (in input order, `partition_docs` each)
-    map      (one task a partition): extract, quality filters, exact key, MinHash signature and
-             decontamination verdict of every document         -> per-partition results in Ray's store
-    shuffle 1 (exact dedup): the map tasks bucket (key, index) by hash(key) into R outputs; reducer r
-             sees every document with a key of bucket r, whatever its partition, and names the
-             duplicates (all but the earliest index)
-    map 2    (band keys): each partition cuts its exact-dedup survivors' signatures into LSH bands
-    shuffle 2 (near dedup): (band, band key) buckets go to reducer hash(band, key) % R, which lists the
-             bucket's candidate pairs with the local engine's rule (minhash.bucket_pairs). So a pair
-             of near duplicates in different partitions still meets: dedup is global, not per partition
-    driver:  the candidate pairs are verified and clustered exactly as locally (minhash.cluster_pairs)
-    driver:  each partition's texts, fetched as it completes (in order), go to the spill store
-    tokenize: the mixed documents are encoded by tasks over chunks, a bounded number in flight
+    map      (one task a partition): extract, quality filters, then per document its exact key,
+             MinHash signature, LSH band keys (minhash.band_keys, as the local engine) and
+             decontamination verdict; the keys leave the task already cut into R shuffle parts
+    driver:  each partition's results and texts, fetched as it completes (in order): the texts go to
+             the spill store, the signatures to a spill file, both then leave Ray's store
+    shuffle 1 (exact dedup): reducer r gets every partition's part r of the exact keys (a key's part
+             is picked by its bytes) and names the duplicates (all but the earliest, in corpus order)
+    shuffle 2 (near dedup): reducer r gets every partition's part r of the (band, band key) pairs,
+             drops the documents exact dedup removed and lists each LSH bucket's candidate pairs with
+             the local engine's rule (minhash.bucket_pairs). So near duplicates in different
+             partitions still meet: dedup is global, not per partition
+    driver:  the candidate pairs are verified on the spilled signatures and clustered exactly as
+             locally (minhash.cluster_pairs)
+    tokenize: the mixed documents are encoded in chunks by encoder actors (one a CPU, each holding
+             the tokenizer), a bounded number of chunks in flight
 
 Split, mix and shard writing are the local engine's own code on the driver, so the output (kept
 documents, shard bytes, manifest hash) is identical to `--engine local`. A worker that dies is
-retried by Ray (tasks are pure functions of their inputs: max_retries), so a killed worker loses
-and duplicates nothing.
+retried by Ray (tasks are pure functions of their inputs: max_retries; an encoder actor is
+restarted and its calls re-run), so a killed worker loses and duplicates nothing.
 
 Memory: at most 2 partitions per CPU are in flight (raw records and texts in Ray's object store);
-the driver holds one partition's texts at a time, writing them to the spill store as the local
-engine does (streaming.py), and keeps its small records: a DocRef and a contamination verdict per
-document, signatures spilled to disk as they arrive. What stays in Ray's store until the end are
-the map tasks' small results (exact keys, signatures: ~0.6 KB a document), which Ray spills to
-disk beyond `object_store_mb`.
+the driver holds one partition's texts at a time and keeps the local engine's small records (a
+DocRef and a contamination verdict per document; signatures spilled to disk as they arrive). What
+stays in Ray's store until the shuffles are the key parts, numpy arrays of about 20 + 14 x bands
+bytes a document (~150 B with the default 9 bands), which Ray spills to disk beyond `object_store_mb`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from .dedup import exact_key
 from .documents import DataError, StageReport, log, merge_reports, progress
 from .extract import extract
 from .filters import quality_filter
-from .minhash import MinHasher, bucket_pairs, lsh_bands
+from .minhash import MinHasher, band_keys, bucket_pairs, lsh_bands
 from .store import DocRef
 from .streaming import SignatureRows, account, decontaminate, near_verdicts, partitions
 from .tokenization import encode_documents
@@ -59,7 +60,9 @@ class RayOptions:
     reducers: int = 4  # shuffle partitions of each dedup stage
     max_retries: int = 3  # times Ray re-runs a task whose worker died
     object_store_mb: int | None = None  # object store of the local Ray started without an address, in MiB (None: Ray's default, 30% of RAM); Ray spills to disk beyond it
-    kill_once: str | None = None  # fault injection for tests: a marker path; the first map task of partition 1 that finds it missing creates it and kills its own worker
+    # fault injection for tests: a marker path P; the first map task of partition 1 that finds P missing
+    # creates it and kills its own worker, and the encoder given the first chunk does the same with P.encode
+    kill_once: str | None = None
 
     def __post_init__(self):
         if self.partition_docs < 1 or self.reducers < 1:
@@ -70,65 +73,100 @@ class RayOptions:
             raise DataError(f"--ray-workers must be at least 1, got {self.workers}")
 
 
-def _bucket(key: bytes, reducers: int) -> int:
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % reducers
+def _exact_parts(keys: np.ndarray, reducers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(n,) 16-byte exact keys of a partition -> `reducers` parts (keys, positions in the partition),
+    the part of a key picked by its first 8 bytes (the keys are digests: uniform)."""
+    bucket = np.frombuffer(keys.tobytes(), dtype=np.uint64)[::2] % reducers if keys.size else np.zeros(0, np.uint64)
+    return [(keys[bucket == r], np.flatnonzero(bucket == r).astype(np.int32)) for r in range(reducers)]
+
+
+def _band_parts(keys: np.ndarray, reducers: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(n, bands) uint64 LSH band keys of a partition -> `reducers` parts (band, key, position in the
+    partition), the part of a bucket picked by its key."""
+    n, bands = keys.shape
+    band = np.tile(np.arange(bands, dtype=np.uint16), n)
+    position = np.repeat(np.arange(n, dtype=np.int32), bands)
+    flat = keys.ravel()
+    bucket = flat % reducers
+    return [(band[bucket == r], flat[bucket == r], position[bucket == r]) for r in range(reducers)]
+
+
+def _die_once(marker: str | None) -> None:
+    """Fault injection (RayOptions.kill_once): the first worker to get here without `marker` dies."""
+    if marker is not None and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)  # the worker process dies mid-task; Ray must run its work again
 
 
 def _map_partition(index: int, records: list, config, reducers: int, decontam, kill_once):
-    """Extract, filter, exact key, signature and contamination of one partition -> (results, then
-    `reducers` exact-key buckets of (key, (partition, position in the partition's output)))."""
-    if kill_once is not None and index == 1 and not os.path.exists(kill_once):
-        Path(kill_once).touch()
-        os._exit(1)  # the worker process dies mid-task; Ray must run this partition again
+    """Extract, filter, exact key, signature, LSH band keys and contamination of one partition ->
+    (results, texts, then `reducers` exact-key parts, then `reducers` band-key parts). The parts are
+    numpy arrays (about 20 + 14 x bands bytes a document), what stays in Ray's store until the shuffles."""
+    if index == 1:
+        _die_once(kill_once)
     docs, extract_report = extract(records)
     if config.filters is not None:
         docs, filter_report = quality_filter(docs, config.filters)
     else:
         filter_report = None
-    keys = [exact_key(d.text) for d in docs] if config.exact_dedup else []
-    hasher = MinHasher(config.near_dedup) if config.near_dedup is not None else None
-    signatures = np.stack([hasher.signature(d.text) for d in docs]) if hasher and docs else None
+    keys = np.array([exact_key(d.text) for d in docs] if config.exact_dedup else [], dtype="V16")
+    signatures, bands = None, np.zeros((len(docs), 0), dtype=np.uint64)
+    if config.near_dedup is not None and docs:
+        hasher = MinHasher(config.near_dedup)
+        signatures = np.stack([hasher.signature(d.text) for d in docs])
+        bands = band_keys(signatures, *lsh_bands(config.near_dedup.threshold, config.near_dedup.num_perm))
     dirty = [decontam[0].shared(d.text) >= decontam[1] for d in docs] if decontam else [False] * len(docs)
-    buckets = [[] for _ in range(reducers)]
-    for i, key in enumerate(keys):
-        buckets[_bucket(key, reducers)].append((key, (index, i)))  # tuples order as the corpus does
     result = SimpleNamespace(n=len(docs), sources=[d.source for d in docs], chars=[d.chars for d in docs],
                              extract=extract_report, filters=filter_report, signatures=signatures, contaminated=dirty)
-    return (result, docs, *buckets)  # the texts apart: the driver fetches them only to store the kept ones
+    # the texts apart: the driver fetches them only to store them
+    return (result, docs, *_exact_parts(keys, reducers), *_band_parts(bands, reducers))
 
 
-def _exact_reduce(*buckets) -> list[tuple[int, int]]:
-    """(partition, position) of the documents that repeat an earlier document's exact key."""
-    first: dict[bytes, tuple[int, int]] = {}
-    for bucket in buckets:
-        for key, i in bucket:
-            first[key] = min(first.get(key, i), i)
-    return [i for bucket in buckets for key, i in bucket if first[key] != i]
+def _exact_reduce(*parts) -> tuple[np.ndarray, np.ndarray]:
+    """Every partition's part of one exact-key bucket, in corpus order -> (partition, position) of the
+    documents that repeat an earlier document's key."""
+    if not parts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    keys = np.concatenate([k for k, _ in parts])
+    partition = np.concatenate([np.full(len(k), p, dtype=np.int32) for p, (k, _) in enumerate(parts)])
+    position = np.concatenate([i for _, i in parts])
+    duplicate = np.ones(len(keys), dtype=bool)
+    duplicate[np.unique(keys, return_index=True)[1]] = False  # the first of each key stays (corpus order)
+    return partition[duplicate], position[duplicate]
 
 
-def _band_keys(result, positions: list[int], locals_: list[int], bands: int, rows: int, reducers: int):
-    """The band buckets of a partition's surviving documents: `reducers` lists of (band, key, position)."""
-    out = [[] for _ in range(reducers)]
-    for position, i in zip(positions, locals_):
-        sig = result.signatures[i]
-        for band in range(bands):
-            key = band.to_bytes(4, "little") + sig[band * rows:(band + 1) * rows].tobytes()
-            out[_bucket(key, reducers)].append((key, position))
-    return tuple(out) if reducers > 1 else out[0]
+def _band_reduce(survivor: np.ndarray, offsets: np.ndarray, *parts) -> list[tuple[int, int]]:
+    """Every partition's part of one band-key bucket -> the candidate pairs (positions among the exact
+    dedup survivors; survivor[i] is document i's position, -1 for a removed one) of its LSH buckets,
+    with the local engine's rule (minhash.bucket_pairs)."""
+    if not parts:
+        return []
+    band = np.concatenate([b for b, _, _ in parts])
+    key = np.concatenate([k for _, k, _ in parts])
+    member = survivor[np.concatenate([offsets[p] + i for p, (_, _, i) in enumerate(parts)])]
+    alive = member >= 0
+    band, key, member = band[alive], key[alive], member[alive]
+    order = np.lexsort((member, key, band))
+    band, key, member = band[order], key[order], member[order]
+    starts = np.flatnonzero(np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
+    return [pair for lo, hi in zip(starts, np.r_[starts[1:], len(order)]) if hi - lo > 1
+            for pair in bucket_pairs(member[lo:hi].tolist())]
 
 
-def _band_reduce(*buckets) -> list[tuple[int, int]]:
-    members: dict[bytes, list[int]] = {}
-    for bucket in buckets:
-        for key, position in bucket:
-            members.setdefault(key, []).append(position)
-    return [pair for group in members.values() if len(group) > 1 for pair in bucket_pairs(group)]
+class _Encoder:
+    """A worker holding the tokenizer, built once: parsing the 1.5 MB tokenizer.json takes ~0.15 s,
+    which per task cost as much as encoding the task's 512 documents."""
 
+    def __init__(self, tokenizer_json: str, kill_once: str | None):
+        from tokenizers import Tokenizer as Backend
 
-def _encode(texts: list[str], tokenizer_json: str) -> list[np.ndarray]:
-    from tokenizers import Tokenizer as Backend
+        self.tokenizer = SimpleNamespace(backend=Backend.from_str(tokenizer_json))
+        self.kill_once = kill_once + ".encode" if kill_once is not None else None
 
-    return encode_documents(texts, SimpleNamespace(backend=Backend.from_str(tokenizer_json)))
+    def encode(self, chunk: int, texts: list[str]) -> list[np.ndarray]:
+        if chunk == 0:
+            _die_once(self.kill_once)
+        return encode_documents(texts, self.tokenizer)
 
 
 class RayEngine:
@@ -152,11 +190,14 @@ class RayEngine:
                 ray.init(num_cpus=self.options.workers, include_dashboard=False, log_to_driver=False,
                          _node_ip_address="127.0.0.1", object_store_memory=store * 2**20 if store else None)
         remote = lambda f, **kw: ray.remote(max_retries=self.options.max_retries, **kw)(f)  # noqa: E731
-        self.map_partition = remote(_map_partition, num_returns=2 + self.options.reducers)
-        self.exact_reduce = remote(_exact_reduce)
-        self.band_keys = remote(_band_keys, num_returns=self.options.reducers)
-        self.band_reduce = remote(_band_reduce)
-        self.encode = remote(_encode)
+        self.map_partition = remote(_map_partition, num_returns=2 + 2 * self.options.reducers)
+        # a reducer's worker exits when it is done: its sort of a whole bucket left ~170 MiB of heap
+        # behind in each worker for the rest of a 2 GiB run
+        self.exact_reduce = remote(_exact_reduce, max_calls=1)
+        self.band_reduce = remote(_band_reduce, max_calls=1)
+        # an encoder that dies is restarted and its calls run again (they are pure, as the tasks are)
+        self.encoder = ray.remote(max_restarts=self.options.max_retries,
+                                  max_task_retries=self.options.max_retries)(_Encoder)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -180,7 +221,7 @@ class RayEngine:
             def collect(m) -> None:  # one partition's results, in corpus order; its texts into the store
                 res = ray.get(m[0])
                 refs.extend(store.append(d) for d in ray.get(m[1]))
-                m[1] = None  # the texts leave Ray's object store
+                m[0] = m[1] = None  # signatures and texts leave Ray's object store; the shuffle parts stay
                 counts.append(res.n)
                 dirty.extend(bytes(res.contaminated))
                 extracts.append(res.extract)
@@ -207,7 +248,7 @@ class RayEngine:
             if config.near_dedup is not None:
                 before = alive.copy()
                 keep, info = near_verdicts(None, signatures, before, config.near_dedup,
-                                           self._near_pairs(config, maps, counts, offsets, before))
+                                           self._near_pairs(maps, offsets, before))
                 alive &= keep
                 reports.append(account("near_dedup", refs, alive, before, "near_duplicate"))
                 reports[-1].info = info
@@ -218,38 +259,35 @@ class RayEngine:
             log(report.summary(), self.show)
         return [r for r, a in zip(refs, alive) if a], reports
 
-    def _exact(self, maps, offsets) -> list[int]:
+    def _exact(self, maps, offsets) -> np.ndarray:
         """Positions (in the extract+filter output) of exact duplicates, through shuffle 1."""
         ray, r = self.ray, self.options.reducers
         reduced = ray.get([self.exact_reduce.remote(*[m[2 + b] for m in maps]) for b in range(r)])
-        return sorted(offsets[k] + i for part in reduced for k, i in part)
+        return np.sort(np.concatenate([np.asarray(offsets)[p] + i for p, i in reduced]))
 
-    def _near_pairs(self, config, maps, counts, offsets, before: np.ndarray) -> set[tuple[int, int]]:
+    def _near_pairs(self, maps, offsets, before: np.ndarray) -> set[tuple[int, int]]:
         """Candidate pairs (positions among the exact-dedup survivors), through shuffle 2."""
         ray, r = self.ray, self.options.reducers
-        bands, rows = lsh_bands(config.near_dedup.threshold, config.near_dedup.num_perm)
-        position = np.cumsum(before) - 1  # global index -> its position among the survivors
-        shuffled = []
-        for k, n in enumerate(counts):
-            locals_ = [i for i in range(n) if before[offsets[k] + i]]
-            positions = [int(position[offsets[k] + i]) for i in locals_]
-            refs = self.band_keys.remote(maps[k][0], positions, locals_, bands, rows, r)  # the result stays in Ray's store
-            shuffled.append(refs if r > 1 else [refs])
-        return {tuple(p) for part in ray.get([self.band_reduce.remote(*[s[b] for s in shuffled]) for b in range(r)])
-                for p in part}
+        survivor = ray.put(np.where(before, np.cumsum(before) - 1, -1))  # document -> position among the survivors
+        offsets = ray.put(np.asarray(offsets[:-1], dtype=np.int64))
+        parts = [self.band_reduce.remote(survivor, offsets, *[m[2 + r + b] for m in maps]) for b in range(r)]
+        return {tuple(p) for part in ray.get(parts) for p in part}
 
     # -- tokenization ---------------------------------------------------------------------------
     def encode_batches(self, batches: Iterator, tokenizer) -> Iterator:
-        """(indices, texts) batches -> (indices, id arrays), in order, encoded by tasks; at most two
-        tasks per CPU in flight, so the texts on their way stay bounded."""
+        """(indices, texts) batches -> (indices, id arrays), in order, encoded by one encoder actor per
+        CPU; at most two batches per CPU in flight, so the texts on their way stay bounded."""
         ray = self.ray
         tok = ray.put(tokenizer.backend.to_str())
-        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        encoders = [self.encoder.remote(tok, self.options.kill_once) for _ in range(cpus)]
         pending: list = []
-        for indices, texts in batches:
-            pending.append((indices, self.encode.remote(texts, tok)))
-            if len(pending) >= window:
+        for i, (indices, texts) in enumerate(batches):
+            pending.append((indices, encoders[i % cpus].encode.remote(i, texts)))
+            if len(pending) >= 2 * cpus:
                 indices, ref = pending.pop(0)
                 yield indices, ray.get(ref)
         for indices, ref in pending:
             yield indices, ray.get(ref)
+        for encoder in encoders:
+            ray.kill(encoder)

@@ -92,21 +92,31 @@ class IdStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._out = self.path.open("wb")
-        self._where: dict[int, tuple[int, int]] = {}  # document index -> (first id, count)
+        # document index -> its first id and count, -1 for a document not stored: 16 bytes a document
+        # (a dict of tuples took ~200)
+        self._start, self._count = array("q"), array("q")
         self._size = 0
         self._fd = None
 
     def append(self, index: int, ids: np.ndarray) -> None:
+        if index < len(self._start):
+            raise ValueError(f"IdStore: documents go in increasing index order, got {index} after "
+                             f"{len(self._start) - 1}")
+        gap = [-1] * (index - len(self._start))
+        self._start.extend(gap)
+        self._count.extend(gap)
         self._out.write(np.asarray(ids, dtype=np.uint32).tobytes())
-        self._where[index] = (self._size, ids.size)
+        self._start.append(self._size)
+        self._count.append(ids.size)
         self._size += ids.size
 
     def __getitem__(self, index: int) -> np.ndarray:
         if self._fd is None:
             self._out.close()
             self._fd = os.open(self.path, os.O_RDONLY)
-        start, count = self._where[index]
-        return read_rows(self._fd, start, count, np.uint32)
+        if not 0 <= index < len(self._start) or self._count[index] < 0:
+            raise KeyError(index)
+        return read_rows(self._fd, self._start[index], self._count[index], np.uint32)
 
     def close(self) -> None:
         self._out.close()

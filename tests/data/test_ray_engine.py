@@ -72,12 +72,12 @@ def test_ray_equals_local_with_duplicates_across_partitions(ray_cluster, corpus_
     assert _files(tmp_path / "ray") == _files(local_dir)  # shards, documents.jsonl, tokenizer, manifest
 
 
-@pytest.mark.slow
 def test_a_killed_worker_loses_and_duplicates_nothing(ray_cluster, corpus_module, tiny_tokenizer, local_run, tmp_path):
     marker = tmp_path / "killed"
     options = RayOptions(partition_docs=40, reducers=3, kill_once=str(marker))
     killed = prepare(tmp_path / "killed_run", _config(corpus_module, tiny_tokenizer), ray=options)
     assert marker.exists()  # partition 1's first worker did die
+    assert marker.with_name("killed.encode").exists()  # and so did the encoder given the first chunk
     assert killed == local_run[1]  # Ray re-ran it: nothing lost, nothing twice
     assert _files(tmp_path / "killed_run") == _files(local_run[0])
 
@@ -93,3 +93,34 @@ def test_cli_ray_options_need_the_ray_engine(tmp_path, capsys):
     assert main(["data", "prepare", "--default", "--out", str(tmp_path / "x"), "--ray-workers", "2"]) != 0
     assert "need --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_shuffles_find_what_the_local_engine_finds():
+    """The map parts and reducers by themselves (no Ray): 3 uneven partitions, 3 reducers, against
+    the local engine's exact first-of-key rule and `candidate_pairs_of_keys` over the survivors."""
+    import numpy as np
+
+    from hybridlm.data.minhash import band_keys, candidate_pairs_of_keys
+    from hybridlm.data.ray_engine import _band_parts, _band_reduce, _exact_parts, _exact_reduce
+
+    rng = np.random.default_rng(0)
+    n, reducers, sizes = 300, 3, [120, 7, 173]
+    signatures = rng.integers(0, 4, size=(n, 12), dtype=np.uint32)  # 4 values a row: many shared bands
+    keys = band_keys(signatures, 4, 3)
+    exact = np.array([k.to_bytes(2, "little") * 8 for k in rng.integers(0, 250, n).tolist()], dtype="V16")
+    offsets = np.cumsum([0] + sizes)
+    parts = [(exact[lo:hi], keys[lo:hi]) for lo, hi in zip(offsets[:-1], offsets[1:])]
+
+    exact_out = [_exact_parts(e, reducers) for e, _ in parts]
+    duplicates = np.sort(np.concatenate([offsets[p] + i for p, i in (
+        _exact_reduce(*[out[b] for out in exact_out]) for b in range(reducers))]))
+    first = np.unique(exact, return_index=True)[1]
+    assert duplicates.tolist() == sorted(set(range(n)) - set(first.tolist()))
+
+    before = np.ones(n, dtype=bool)
+    before[duplicates] = False
+    survivor = np.where(before, np.cumsum(before) - 1, -1)
+    band_out = [_band_parts(k, reducers) for _, k in parts]
+    pairs = {p for b in range(reducers) for p in _band_reduce(survivor, offsets[:-1], *[out[b] for out in band_out])}
+    expected = candidate_pairs_of_keys(keys[before])
+    assert len(expected) > 50 and pairs == expected

@@ -149,6 +149,13 @@ def test_4_ranks_tensor_x_context_parallel(tiny_data, tmp_path, single):
     assert_same_run(out, single("dense"))
 
 
+@pytest.mark.slow
+def test_8_ranks_3d_dp_x_context_x_tensor(tiny_data, tmp_path, single):
+    out = tmp_path / "dp-cp-tp"
+    torchrun(tiny_data, out, "dense", "--tp", "2", "--cp", "2", "--fsdp", nproc=8)  # FSDP2 over dp x cp = 4
+    assert_same_run(out, single("dense"))
+
+
 @pytest.mark.parametrize("model,flags,message", [
     ("hybrid", ["--cp", "2"], "Mamba"),
     ("dense", ["--ep", "2"], "MoE"),
