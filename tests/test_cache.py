@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hybridlm.cache import CacheFullError
-from tests.cache_helpers import sharp_model, stepwise
+from tests.cache_helpers import prefill_and_stepwise, sharp_model, stepwise
 
 
 CASES = [
@@ -73,18 +73,9 @@ def test_reorder_moves_rows():
 @pytest.mark.parametrize("name, kwargs", CASES)
 def test_float16_kv_cached_decode_equals_float16_prefill(name, kwargs):
     # K/V rounded to float16 as they are stored: a cached decode attends over exactly what a
-    # one-shot prefill through the same storage attends over (float64 model: no last-bit noise
-    # from the matmuls can move a value across a float16 rounding boundary)
-    model = sharp_model(name, sliding_window=6) if name == "mistral-tiny" else sharp_model(name)
-    model.to(torch.float64)
-    ids = torch.randint(0, 1024, (2, 30), generator=torch.Generator().manual_seed(3))
+    # one-shot prefill through the same storage attends over
+    model, ids, one_shot, stepped, cache = prefill_and_stepwise(name, kwargs, "float16", seed=3)
     with torch.no_grad():
-        if kwargs.get("window_only"):  # a ring cannot prefill more than its window in one forward
-            one_shot = stepwise(model, ids, model.new_cache(2, kind="dynamic", window_only=False, kv_dtype="float16"))
-        else:
-            one_shot = model(ids, model.new_cache(2, kv_dtype="float16", **kwargs))
-        cache = model.new_cache(2, kv_dtype="float16", **kwargs)
-        stepped = stepwise(model, ids, cache)
         ref = stepwise(model, ids, model.new_cache(2, **kwargs))
     slots = [s for s in cache.slots if s is not None]
     assert all(s.k.dtype == torch.float16 and s.v.dtype == torch.float16 for s in slots)

@@ -10,7 +10,7 @@ from hybridlm.generation.generate import generate
 from hybridlm.generation.sampling import SamplingConfig
 from hybridlm.kv_quant import Int8KVSlot, dequantize_kv, quantize_kv
 from hybridlm.presets import get_preset
-from tests.cache_helpers import sharp_model, stepwise
+from tests.cache_helpers import prefill_and_stepwise, sharp_model, stepwise
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,18 +40,7 @@ CASES = [
 
 @pytest.mark.parametrize("name, kwargs", CASES)
 def test_int8_cached_decode_equals_int8_prefill(name, kwargs):
-    model = sharp_model(name, sliding_window=6) if name == "mistral-tiny" else sharp_model(name)
-    # float64: in float32 the last-bit differences between a prefill's and a step's matmuls can move
-    # a K value across a rounding boundary of the int8 grid, and one code off is a real difference
-    model.to(torch.float64)
-    ids = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        if kwargs.get("window_only"):  # a ring cannot prefill more than its window in one forward
-            one_shot = stepwise(model, ids, model.new_cache(2, kind="dynamic", window_only=False, kv_dtype="int8"))
-        else:
-            one_shot = model(ids, model.new_cache(2, kv_dtype="int8", **kwargs))
-        cache = model.new_cache(2, kv_dtype="int8", **kwargs)
-        stepped = stepwise(model, ids, cache)
+    _, _, one_shot, stepped, cache = prefill_and_stepwise(name, kwargs, "int8", seed=1)
     assert all(isinstance(s, Int8KVSlot) for s in cache.slots if s is not None and hasattr(s, "k"))
     torch.testing.assert_close(stepped, one_shot, atol=1e-9 * one_shot.abs().max().item(), rtol=0)
 

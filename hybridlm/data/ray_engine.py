@@ -76,7 +76,7 @@ class RayOptions:
 def _exact_parts(keys: np.ndarray, reducers: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(n,) 16-byte exact keys of a partition -> `reducers` parts (keys, positions in the partition),
     the part of a key picked by its first 8 bytes (the keys are digests: uniform)."""
-    bucket = np.frombuffer(keys.tobytes(), dtype=np.uint64)[::2] % reducers if keys.size else np.zeros(0, np.uint64)
+    bucket = np.frombuffer(keys.tobytes(), dtype=np.uint64)[::2] % reducers
     return [(keys[bucket == r], np.flatnonzero(bucket == r).astype(np.int32)) for r in range(reducers)]
 
 
@@ -271,7 +271,7 @@ class RayEngine:
         survivor = ray.put(np.where(before, np.cumsum(before) - 1, -1))  # document -> position among the survivors
         offsets = ray.put(np.asarray(offsets[:-1], dtype=np.int64))
         parts = [self.band_reduce.remote(survivor, offsets, *[m[2 + r + b] for m in maps]) for b in range(r)]
-        return {tuple(p) for part in ray.get(parts) for p in part}
+        return {pair for part in ray.get(parts) for pair in part}
 
     # -- tokenization ---------------------------------------------------------------------------
     def encode_batches(self, batches: Iterator, tokenizer) -> Iterator:
